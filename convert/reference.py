@@ -1,0 +1,59 @@
+"""Imports the PyTorch reference packages (`segment_anything`) for conversion checks and parity tests.
+
+`segment_anything` imports torchvision at package import time, for a PIL resize in `ResizeLongestSide` and
+for NMS in the automatic mask generator. No CPU torchvision build matching torch 2.13 can be installed on
+our machines, and SAM's model code is pure torch, so when torchvision is absent a minimal stand-in
+module is registered: PIL bilinear resize (what torchvision does for PIL images) and `to_pil_image` for
+uint8 HWC arrays. The NMS functions raise if called. Our own code never uses this module.
+"""
+
+import sys
+import types
+
+
+def _install_torchvision_standin() -> None:
+    import numpy as np
+    from PIL import Image
+
+    def to_pil_image(pic):
+        return Image.fromarray(np.asarray(pic))
+
+    def resize(img, size, interpolation=None, max_size=None, antialias=True):
+        if not isinstance(img, Image.Image):
+            raise TypeError("torchvision stand-in: resize only supports PIL images")
+        h, w = size
+        return img.resize((w, h), Image.BILINEAR)
+
+    def _unavailable(*args, **kwargs):
+        raise NotImplementedError("torchvision stand-in: box ops are not available")
+
+    torchvision = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.resize, functional.to_pil_image = resize, to_pil_image
+    ops = types.ModuleType("torchvision.ops")
+    boxes = types.ModuleType("torchvision.ops.boxes")
+    boxes.batched_nms = boxes.box_area = _unavailable
+    torchvision.transforms, transforms.functional = transforms, functional
+    torchvision.ops, ops.boxes = ops, boxes
+    torchvision.__is_standin__ = True
+    sys.modules.update({
+        "torchvision": torchvision,
+        "torchvision.transforms": transforms,
+        "torchvision.transforms.functional": functional,
+        "torchvision.ops": ops,
+        "torchvision.ops.boxes": boxes,
+    })
+
+
+def import_segment_anything():
+    """Returns the `segment_anything` package, with a torchvision stand-in if torchvision is missing."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # absent, or a build that does not match torch
+        for name in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[name]
+        _install_torchvision_standin()
+    import segment_anything
+
+    return segment_anything

@@ -1,0 +1,80 @@
+"""SAM's pre- and post-processing: ResizeLongestSide, normalisation, padding, mask upsampling.
+
+Equal to `segment_anything.utils.transforms.ResizeLongestSide` and `Sam.preprocess/postprocess_masks`,
+but channels-last: images are `[H, W, 3]`, masks `[..., H, W]`.
+"""
+
+from typing import Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def get_preprocess_shape(old_h: int, old_w: int, long_side: int) -> Tuple[int, int]:
+    """(new_h, new_w) with the longest side equal to `long_side`, rounded as SAM rounds."""
+    scale = long_side * 1.0 / max(old_h, old_w)
+    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+
+
+def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Raises a clear error unless `image` is a uint8 `[H, W, 3]` RGB array."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 RGB in 0..255, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{name} must have shape [H, W, 3] (HWC RGB), got {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"{name} is empty: shape {image.shape}")
+    return image
+
+
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """uint8 `[H, W, 3]` -> uint8 `[h, w, 3]`, PIL bilinear with antialiasing (as SAM's apply_image)."""
+    image = check_image(image)
+    new_h, new_w = get_preprocess_shape(image.shape[0], image.shape[1], long_side)
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+
+
+def apply_coords(coords: np.ndarray, original_size: Sequence[int], long_side: int) -> np.ndarray:
+    """Point coordinates `[..., 2]` (x, y) in the original image -> the resized image."""
+    old_h, old_w = original_size
+    new_h, new_w = get_preprocess_shape(old_h, old_w, long_side)
+    coords = np.array(coords, dtype=np.float64)
+    coords[..., 0] = coords[..., 0] * (new_w / old_w)
+    coords[..., 1] = coords[..., 1] * (new_h / old_h)
+    return coords
+
+
+def apply_boxes(boxes: np.ndarray, original_size: Sequence[int], long_side: int) -> np.ndarray:
+    """Boxes `[B, 4]` (x0, y0, x1, y1) in the original image -> the resized image."""
+    boxes = np.asarray(boxes)
+    return apply_coords(boxes.reshape(-1, 2, 2), original_size, long_side).reshape(-1, 4)
+
+
+def normalize_and_pad(image: jax.Array, img_size: int) -> jax.Array:
+    """Float `[..., h, w, 3]` in 0..255 -> normalised and zero-padded (bottom/right) `[..., S, S, 3]`."""
+    image = (image - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+    h, w = image.shape[-3:-1]
+    if h > img_size or w > img_size:
+        raise ValueError(f"image of size {(h, w)} is larger than the model input {img_size}")
+    pad = [(0, 0)] * (image.ndim - 3) + [(0, img_size - h), (0, img_size - w), (0, 0)]
+    return jnp.pad(image, pad)
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+    """Bilinear resize of the last two axes, like `F.interpolate(bilinear, align_corners=False)`."""
+    return jax.image.resize(x, x.shape[:-2] + tuple(size), method="bilinear", antialias=False)
+
+
+def postprocess_masks(
+    masks: jax.Array, input_size: Sequence[int], original_size: Sequence[int], img_size: int
+) -> jax.Array:
+    """Low-res mask logits `[..., h, w]` -> `[..., H0, W0]`: upsample to the padded input, crop, resize."""
+    masks = resize_bilinear(masks, (img_size, img_size))
+    masks = masks[..., : input_size[0], : input_size[1]]
+    return resize_bilinear(masks, original_size)
