@@ -1,0 +1,221 @@
+"""Hugging Face text encoder folder (T5, mT5, BERT, RoBERTa, XLM-RoBERTa) -> orbax checkpoint of our NNX encoder.
+
+    python -m convert text --hf DIR --output DIR [--verify]
+
+The output holds the Hugging Face `config.json`, the tokenizer files and the NNX state (`nnx_state/`), so
+`refsam_jax.text.encoder.load_text_encoder(OUTPUT)` works offline. `--verify` runs the `transformers` PyTorch
+model on padded sentences and fails if the last hidden states differ by more than 1e-4.
+
+Checkpoint keys the encoder does not use, and only these, are skipped:
+  T5:        `decoder.*` and `lm_head.*` (full T5ForConditionalGeneration checkpoints), and
+             `encoder.embed_tokens.weight`, the same table as `shared.weight` (used when `shared.weight` is absent).
+  BERT-like: `pooler.*` (no pooler is built), the heads `cls.*` / `lm_head.*`, and the position/token-type id
+             buffers `embeddings.position_ids` / `embeddings.token_type_ids`. A `bert.` / `roberta.` prefix
+             (checkpoints of models with heads) is removed, and old `LayerNorm.gamma/beta` names are renamed.
+"""
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from typing import Callable, Dict, List, Mapping, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from convert.torch_to_nnx import CheckpointMismatchError, load_torch_state_dict
+from refsam_jax.text.encoder import (CONFIG_FILE, STATE_DIR, abstract_text_encoder, load_text_encoder,
+                                     read_hf_config)
+from refsam_jax.text.tokenizer import TextTokenizer
+
+logger = logging.getLogger(__name__)
+
+# In order of preference; an index file lists the shards of a sharded checkpoint.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+VERIFY_SENTENCES = (
+    "a person riding a bike on the left",
+    "the dog",
+    "a brown horse running in the field next to a white fence while a man watches",
+    "giraffe",
+)
+TOLERANCE = 1e-4
+# model_type -> the transformers PyTorch class of the bare encoder, for --verify.
+REFERENCE_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "bert": "BertModel",
+                     "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}
+_BASE_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "xlm-roberta": "roberta."}
+
+
+class LazyStateDict(Mapping):
+    """Checkpoint key -> float32 numpy array, read from the files only when asked for."""
+
+    def __init__(self, readers: Dict[str, Callable[[], np.ndarray]]):
+        self._readers = readers
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._readers[key]()
+
+    def __iter__(self):
+        return iter(self._readers)
+
+    def __len__(self) -> int:
+        return len(self._readers)
+
+
+def find_weight_files(hf_dir: str) -> List[str]:
+    """The weight files of a Hugging Face folder (several if sharded)."""
+    for name in WEIGHT_FILES:
+        path = os.path.join(hf_dir, name)
+        if not os.path.isfile(path):
+            continue
+        if not name.endswith(".index.json"):
+            return [path]
+        with open(path) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        missing = [s for s in shards if not os.path.isfile(os.path.join(hf_dir, s))]
+        if missing:
+            raise FileNotFoundError(f"{path} lists shards that are not in {hf_dir}: {missing}")
+        return [os.path.join(hf_dir, s) for s in shards]
+    raise FileNotFoundError(f"no weights in {hf_dir}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _safetensors_readers(path: str) -> Dict[str, Callable[[], np.ndarray]]:
+    from safetensors import safe_open
+
+    handle = safe_open(path, framework="numpy")
+    return {key: (lambda key=key: handle.get_tensor(key)) for key in handle.keys()}
+
+
+def _torch_readers(path: str) -> Dict[str, Callable[[], np.ndarray]]:
+    import torch
+
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # pre-1.6 (non-zip) files cannot be memory-mapped
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(tensors, Mapping):
+        raise ValueError(f"{path} holds a {type(tensors).__name__}, not a state dict")
+
+    def read(tensor):
+        return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+
+    return {key: (lambda t=tensor: read(t)) for key, tensor in tensors.items()}
+
+
+def read_state_dict(files: Sequence[str]) -> Mapping[str, np.ndarray]:
+    """All tensors of a (possibly sharded) safetensors or PyTorch checkpoint, read lazily."""
+    readers = {}
+    for path in files:
+        readers.update(_safetensors_readers(path) if path.endswith(".safetensors") else _torch_readers(path))
+    return LazyStateDict(readers)
+
+
+def encoder_keys(keys: Sequence[str], model_type: str, source: str) -> Dict[str, str]:
+    """Our torch-style key -> checkpoint key, for every checkpoint key the encoder uses (see module doc)."""
+    keys = set(keys)
+    mapping = {}
+    for key in sorted(keys):
+        if model_type in ("t5", "mt5"):
+            if key.startswith(("decoder.", "lm_head.")):
+                continue
+            name = key
+            if key == "encoder.embed_tokens.weight":
+                if "shared.weight" in keys:
+                    continue
+                name = "shared.weight"
+        else:
+            prefix = _BASE_PREFIXES[model_type]
+            name = key[len(prefix):] if key.startswith(prefix) else key
+            if (key.startswith(("cls.", "lm_head.")) or name.startswith("pooler.")
+                    or name in ("embeddings.position_ids", "embeddings.token_type_ids")):
+                continue
+            name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
+            name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+        if name in mapping:
+            raise CheckpointMismatchError(f"{source}: {mapping[name]} and {key} both give {name}")
+        mapping[name] = key
+    return mapping
+
+
+def load_hf_weights(model: nnx.Module, hf_dir: str, model_type: str) -> None:
+    """Fills `model` (possibly abstract, from `abstract_text_encoder`) from the weights of a Hugging Face folder."""
+    files = find_weight_files(hf_dir)
+    source = files[0] if len(files) == 1 else f"{hf_dir} ({len(files)} shards)"
+    state_dict = read_state_dict(files)
+    mapping = encoder_keys(list(state_dict), model_type, source)
+    skipped = len(state_dict) - len(mapping)
+    if skipped:
+        logger.info("%s: %d keys not used by the encoder skipped", source, skipped)
+    used = LazyStateDict({name: (lambda key=key: state_dict[key]) for name, key in mapping.items()})
+    load_torch_state_dict(model, used, source=source)
+
+
+def save_text_encoder(model: nnx.Module, hf_dir: str, output: str) -> None:
+    """Writes config.json, the tokenizer files of `hf_dir` and the NNX state of `model` into `output`."""
+    if os.path.exists(output) and os.listdir(output):
+        raise FileExistsError(f"output directory {output} exists and is not empty")
+    tokenizer_files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, name))]
+    if not tokenizer_files:
+        raise FileNotFoundError(f"no tokenizer files in {hf_dir}: expected some of {', '.join(TOKENIZER_FILES)}")
+    os.makedirs(output, exist_ok=True)
+    for name in (CONFIG_FILE, *tokenizer_files):
+        shutil.copyfile(os.path.join(hf_dir, name), os.path.join(output, name))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(os.path.join(output, STATE_DIR)), nnx.state(model))
+        checkpointer.wait_until_finished()
+
+
+def reference_hidden_states(hf_dir: str, model_type: str, input_ids: np.ndarray,
+                            attention_mask: np.ndarray) -> np.ndarray:
+    """Last hidden states [B, L, C] of the `transformers` PyTorch encoder, float32."""
+    import torch
+    import transformers
+
+    model_class = getattr(transformers, REFERENCE_CLASSES[model_type])
+    model = model_class.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(input_ids.astype(np.int64)),
+                    attention_mask=torch.from_numpy(attention_mask.astype(np.int64)))
+    return out.last_hidden_state.numpy()
+
+
+def verify(encoder, hf_dir: str, sentences: Sequence[str] = VERIFY_SENTENCES) -> float:
+    """max|ours - transformers| of the last hidden state over real tokens of padded `sentences`."""
+    input_ids, mask = encoder.tokenizer(list(sentences))
+    with jax.default_matmul_precision("highest"):
+        ours = np.asarray(encoder.encode_ids(input_ids, mask))
+    reference = reference_hidden_states(hf_dir, encoder.config["model_type"], input_ids, mask)
+    return float(np.abs(ours - reference)[mask].max())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hf", required=True, help="Hugging Face folder: config.json, tokenizer files, weights")
+    parser.add_argument("--output", required=True, help="new directory for the converted checkpoint")
+    parser.add_argument("--verify", action="store_true",
+                        help=f"compare with the transformers PyTorch model (fails above {TOLERANCE:g})")
+    parser.add_argument("--max_length", type=int, default=32, help="tokens per sentence for --verify")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = read_hf_config(args.hf)
+    model = abstract_text_encoder(config, source=os.path.join(args.hf, CONFIG_FILE))
+    load_hf_weights(model, args.hf, config["model_type"])
+    TextTokenizer(args.hf, args.max_length)
+    save_text_encoder(model, args.hf, args.output)
+    print(f"wrote {config['model_type']} text encoder (width {model.width}) to {args.output}")
+    if args.verify:
+        delta = verify(load_text_encoder(args.output, args.max_length), args.hf)
+        print(f"max|Δ| vs transformers {REFERENCE_CLASSES[config['model_type']]}: {delta:.3g} "
+              f"(tolerance {TOLERANCE:g})")
+        if not delta <= TOLERANCE:
+            print(f"verification FAILED: {args.output} differs from {args.hf}", file=sys.stderr)
+            return 1
+    return 0
