@@ -1,0 +1,93 @@
+"""Evaluation source: every (video, expression) of a built split, with original frames and GT.
+
+    for item in iterate_eval_videos("ref_davis17", data_dir, "valid"):
+        item.frames     # list of T uint8 [H, W, 3], original resolution, shared by a video's expressions
+        item.masks      # bool [T, H, W] (label map == obj_id), or None without GT (Ref-YouTube-VOS valid)
+
+Videos come sorted by id, expressions in exp_id order. RefCOCO variants ('refcoco/refcocog') yield
+one 1-frame item per sentence: video_id = COCO image id, expression_id = sentence id.
+"""
+
+import dataclasses
+from typing import Iterator, List, Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from refsam_jax.data import builders
+from refsam_jax.data.builders.common import decode_label_map, decode_rgb, decode_text
+
+
+@dataclasses.dataclass
+class EvalExpression:
+    video_id: str
+    expression_id: str
+    sentence: str  # as in the annotation file (no cleaning)
+    frame_names: List[str]
+    frames: List[np.ndarray]
+    masks: Optional[np.ndarray]
+    obj_id: int  # -1 when unknown (Ref-YouTube-VOS valid); RefCOCO: the COCO annotation id
+    annotator: int = -1  # Ref-DAVIS17: 0 or 1
+    kind: str = ""  # Ref-DAVIS17: 'first_frame' or 'full_video'
+
+
+def iterate_eval_videos(
+    name: str,
+    data_dir: epath.PathLike,
+    split: str,
+    *,
+    manual_dir: Optional[epath.PathLike] = None,
+    builder_config: Optional[tfds.core.BuilderConfig] = None,
+) -> Iterator[EvalExpression]:
+    """Yields one EvalExpression per (video, expression) of `split`.
+
+    `manual_dir`: build the dataset from this raw layout first if it is not prepared yet.
+    `builder_config`: e.g. `pipeline.builder_config(name, config.data)` for a non-default held-out split.
+    """
+    if manual_dir is not None:
+        builders.build(name, manual_dir, data_dir, config=builder_config)
+    source = builders.open_split(name, data_dir, split, config=builder_config)
+    if builders.parse_name(name)[0] == "refcoco":
+        yield from _refcoco_items(source)
+        return
+    order = sorted(range(len(source)), key=lambda i: decode_text(source[i]["video_id"]))
+    for i in order:
+        record = source[i]
+        frames = [decode_rgb(data) for data in record["frames"]]
+        label_maps = (
+            np.stack([decode_label_map(data) for data in record["label_maps"]]) if len(record["label_maps"]) else None
+        )
+        expressions = record["expressions"]
+        for e, exp_id in enumerate(expressions["exp_id"]):
+            obj_id = int(expressions["obj_id"][e])
+            yield EvalExpression(
+                video_id=decode_text(record["video_id"]),
+                expression_id=decode_text(exp_id),
+                sentence=decode_text(expressions["sentence"][e]),
+                frame_names=[decode_text(n) for n in record["frame_names"]],
+                frames=frames,
+                masks=None if label_maps is None else label_maps == obj_id,
+                obj_id=obj_id,
+                annotator=int(expressions["annotator"][e]) if "annotator" in expressions else -1,
+                kind=decode_text(expressions["kind"][e]) if "kind" in expressions else "",
+            )
+
+
+def _refcoco_items(source) -> Iterator[EvalExpression]:
+    order = sorted(range(len(source)), key=lambda i: int(source[i]["image_id"]))
+    for i in order:
+        record = source[i]
+        frames = [decode_rgb(record["image"])]
+        objects, sentences = record["objects"], record["sentences"]
+        for s, sentence_id in enumerate(sentences["sentence_id"]):
+            obj = int(sentences["object_index"][s])
+            yield EvalExpression(
+                video_id=str(int(record["image_id"])),
+                expression_id=str(int(sentence_id)),
+                sentence=decode_text(sentences["sentence"][s]),
+                frame_names=[decode_text(record["file_name"])],
+                frames=frames,
+                masks=(decode_label_map(objects["mask"][obj]) > 0)[None],
+                obj_id=int(objects["ann_id"][obj]),
+            )

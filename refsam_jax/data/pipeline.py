@@ -1,0 +1,335 @@
+"""Training input pipeline on grain: records -> T-frame clips -> SAM-preprocessed, tokenised batches.
+
+Config keys (`config.data.*`; `default_data_config()` returns all of them with their defaults):
+  name              'ref_youtube_vos' | 'ref_davis17' | 'refcoco/refcoco' | 'refcoco/refcoco_plus' |
+                    'refcoco/refcocog', or several joined by ',' (concatenated, e.g. RefSAM's
+                    RefCOCO+/+/g pre-training mixture)
+  data_dir          TFDS data dir holding the built datasets
+  manual_dir        raw layout(s), only for `prepare`; for several names, ','-joined in the same order
+  split             split to train on ('train')
+  on_error          'raise' | 'skip': bad raw input while building (see builders/common.py)
+  heldout_fraction, heldout_seed   Ref-YouTube-VOS held-out split (0.05 and 0: builder config
+                    'default'; other values get their own config, see `builder_config`)
+  num_frames        T, frames per clip (RefCOCO images are repeated T times)
+  image_size        S, the model's input side (1024 for SAM, small for tests)
+  max_text_length   L, tokens per sentence (padded/truncated, with a mask)
+  batch_size        global batch; each of `shard_count` hosts yields batch_size // shard_count
+  num_epochs        None: repeat forever
+  shuffle           shuffle records (per epoch, seeded)
+  max_offset        local neighbours at anchor -/+ U{1..max_offset} (REFSAM_SPEC §5.2)
+  max_resample      anchor redraws when the object is absent from the clip
+  num_workers       grain worker processes (0: in the calling process)
+  worker_buffer_size, read_threads, read_prefetch   grain prefetching
+  augment.*         enabled, flip_prob, crop_prob, crop_min_fraction, resize_sizes,
+                    color_jitter_prob, brightness, contrast, saturation, hue, per_frame (augment.py)
+
+Sampling unit: one record (a video, or a RefCOCO image) per sampler index; each draw then picks an
+expression (sentence) uniformly in it and, for videos, an anchor frame uniformly (resampled if the
+object is absent from the clip). RefSAM enumerates (expression, frame) pairs instead, which weighs
+videos by expressions x frames; drawing per record keeps an epoch one pass over the videos and
+needs no scan of the data to build an index.
+All randomness of a sample comes from the rng grain's IndexSampler derives from (seed, position in
+the stream), so each example depends only on those two. Which positions share a batch depends on
+`num_workers` (each grain worker batches its own share), so a run is reproduced with the same seed
+and worker count; the iterator state (`iterator.get_state()` / `set_state()`, or orbax via
+`grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resumes it.
+
+Batch (numpy, static shapes; B = batch_size // shard_count):
+  frames       float32 [B, T, S, S, 3]  SAM-normalised, zero-padded bottom/right
+  masks        float32 [B, T, S, S]     target at model-input resolution, 0 in padding
+  image_size   int32   [B, T, 2]        (h, w) of the resized content before padding
+  input_ids    int32   [B, L];  text_mask bool [B, L]
+  source_index, record_index, expression_index   int32 [B]  (which dataset, record and sentence)
+  frame_indices int32  [B, T] indices into the video's frame list;  flipped bool [B]
+"""
+
+import bisect
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import grain
+import jax
+from absl import flags
+import ml_collections
+import numpy as np
+
+from refsam_jax.data import augment as augment_lib
+from refsam_jax.data import builders
+from refsam_jax.data import sampling
+from refsam_jax.data.builders.common import decode_label_map, decode_rgb, decode_text
+from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD
+
+_VIDEO_BUILDERS = ("ref_youtube_vos", "ref_davis17")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every key the pipeline reads, with defaults for RefSAM's Ref-YouTube-VOS training."""
+    return ml_collections.ConfigDict(
+        {
+            "name": "ref_youtube_vos",
+            "data_dir": "",
+            "manual_dir": "",
+            "split": "train",
+            "on_error": "raise",
+            "heldout_fraction": 0.05,
+            "heldout_seed": 0,
+            "num_frames": 3,
+            "image_size": 1024,
+            "max_text_length": 20,
+            "batch_size": 2,
+            "num_epochs": ml_collections.FieldReference(None, field_type=int),
+            "shuffle": True,
+            "max_offset": 3,
+            "max_resample": 10,
+            "num_workers": 0,
+            "worker_buffer_size": 2,
+            "read_threads": 2,
+            "read_prefetch": 8,
+            "augment": {
+                "enabled": True,
+                "flip_prob": 0.5,
+                "crop_prob": 0.5,
+                "crop_min_fraction": 0.64,
+                "resize_sizes": (288, 320, 352, 392, 416, 448, 480, 512),
+                "color_jitter_prob": 0.7,
+                "brightness": 0.5,
+                "contrast": 0.5,
+                "saturation": 0.5,
+                "hue": 0.1,
+                "per_frame": False,
+            },
+        }
+    )
+
+
+def _data_config(config) -> Any:
+    """Accepts the full training config (with `.data`) or the data config itself."""
+    return config.data if "data" in config else config
+
+
+def dataset_names(data) -> List[str]:
+    return [n.strip() for n in str(data.name).split(",") if n.strip()]
+
+
+def builder_config(name: str, data) -> Optional[Any]:
+    """The Ref-YouTube-VOS builder config for non-default held-out settings, else None."""
+    if builders.parse_name(name)[0] != "ref_youtube_vos":
+        return None
+    fraction, seed = float(data.heldout_fraction), int(data.heldout_seed)
+    default = builders.RefYoutubeVos.BUILDER_CONFIGS[0]
+    if (fraction, seed) == (default.heldout_fraction, default.heldout_seed):
+        return None
+    name = f"heldout_{fraction:g}_seed_{seed}".replace(".", "p")
+    return builders.RefYoutubeVosConfig(name=name, heldout_fraction=fraction, heldout_seed=seed)
+
+
+def prepare(config) -> Dict[str, Dict[str, int]]:
+    """Builds every dataset of `config.data.name` from `manual_dir` into `data_dir`; returns skip counts.
+
+    Run it once (on one host) before training; prepared datasets are not rebuilt.
+    """
+    data = _data_config(config)
+    names = dataset_names(data)
+    manual_dirs = [m.strip() for m in str(data.manual_dir).split(",")]
+    if len(manual_dirs) != len(names):
+        raise ValueError(f"data.manual_dir has {len(manual_dirs)} entries for {len(names)} datasets in data.name")
+    skipped = {}
+    for name, manual_dir in zip(names, manual_dirs):
+        builder = builders.build(
+            name, manual_dir, data.data_dir, on_error=data.on_error, config=builder_config(name, data)
+        )
+        skipped[name] = builder.skipped
+    return skipped
+
+
+class RecordSource:
+    """The records of `split` of one or more built datasets, concatenated (grain random-access source)."""
+
+    def __init__(self, names: Sequence[str], data_dir: str, split: str, configs: Sequence[Optional[Any]]):
+        self.names = list(names)
+        self.kinds = ["video" if builders.parse_name(n)[0] in _VIDEO_BUILDERS else "image" for n in names]
+        self._sources = [builders.open_split(n, data_dir, split, config=c) for n, c in zip(names, configs)]
+        self._starts = np.cumsum([0] + [len(s) for s in self._sources]).tolist()
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        source = bisect.bisect_right(self._starts, index) - 1
+        return {
+            "source_index": source,
+            "record_index": index - self._starts[source],
+            "record": self._sources[source][index - self._starts[source]],
+        }
+
+    def __repr__(self) -> str:
+        return f"RecordSource(names={self.names}, num_records={len(self)})"
+
+
+def clean_sentence(sentence: str) -> str:
+    """RefSAM/ReferFormer text normalisation: lower case, single spaces."""
+    return " ".join(sentence.lower().split())
+
+
+def normalize_and_pad(frames: Sequence[np.ndarray], size: int, colour_ops: Optional[Sequence] = None) -> np.ndarray:
+    """T uint8 `[h, w, 3]` -> float32 `[T, S, S, 3]`: SAM's (x - mean) / std, zeros bottom/right.
+
+    `colour_ops`: per frame, the colour jitter ops (augment.jitter_colour) applied first.
+    """
+    h, w = frames[0].shape[:2]
+    if h > size or w > size:
+        raise ValueError(f"image of size {(h, w)} is larger than the model input {size}")
+    out = np.empty((len(frames), size, size, 3), dtype=np.float32)
+    out[:, h:] = 0.0
+    out[:, :h, w:] = 0.0
+    mean, inv_std = np.asarray(PIXEL_MEAN, np.float32), 1.0 / np.asarray(PIXEL_STD, np.float32)
+    for t, frame in enumerate(frames):
+        content = out[t, :h, :w]
+        if colour_ops is not None and colour_ops[t]:
+            augment_lib.jitter_colour(frame, colour_ops[t], out=content)
+            content -= mean
+        else:
+            np.subtract(frame, mean, out=content, dtype=np.float32)
+        content *= inv_std
+    return out
+
+
+class ClipTransform(grain.transforms.RandomMap):
+    """Record -> one training example (see the module docstring); `rng` comes from the sampler."""
+
+    def __init__(self, data, tokenizer, names: Sequence[str], kinds: Sequence[str]):
+        self._data = data
+        self._tokenizer = tokenizer
+        self._names = list(names)
+        self._kinds = list(kinds)
+
+    def random_map(self, element: Dict[str, Any], rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        record = element["record"]
+        where = f"{self._names[element['source_index']]} split {self._data.split!r} record {element['record_index']}"
+        video = record.get("video_id", record.get("image_id"))
+        try:
+            return self._example(rng, element, record)
+        except Exception as e:
+            raise RuntimeError(f"input pipeline failed on {where} ({decode_text(video)}): {e}") from e
+
+    def _video_clip(
+        self, rng: np.random.Generator, record
+    ) -> Tuple[List[np.ndarray], np.ndarray, str, int, np.ndarray]:
+        expressions = record["expressions"]
+        usable = [i for i, obj_id in enumerate(expressions["obj_id"]) if obj_id >= 0]
+        if not usable or len(record["label_maps"]) == 0:
+            raise ValueError("no expression with ground truth: this split cannot be used for training")
+        expression = usable[int(rng.integers(len(usable)))]
+        obj_id = int(expressions["obj_id"][expression])
+        row = record["object_ids"].tolist().index(obj_id)
+        _, indices = sampling.sample_clip(
+            rng,
+            record["object_present"][row],
+            int(self._data.num_frames),
+            int(self._data.max_offset),
+            int(self._data.max_resample),
+        )
+        decoded = {
+            int(i): (decode_rgb(record["frames"][i]), decode_label_map(record["label_maps"][i]) == obj_id)
+            for i in set(indices.tolist())
+        }
+        frames = [decoded[int(i)][0] for i in indices]
+        masks = np.stack([decoded[int(i)][1] for i in indices])
+        return frames, masks, decode_text(expressions["sentence"][expression]), expression, indices
+
+    def _image_clip(
+        self, rng: np.random.Generator, record
+    ) -> Tuple[List[np.ndarray], np.ndarray, str, int, np.ndarray]:
+        sentences = record["sentences"]
+        expression = int(rng.integers(len(sentences["sentence"])))
+        image = decode_rgb(record["image"])
+        mask = decode_label_map(record["objects"]["mask"][int(sentences["object_index"][expression])]) > 0
+        num_frames = int(self._data.num_frames)
+        frames = [image] * num_frames
+        masks = np.broadcast_to(mask, (num_frames,) + mask.shape)
+        return (
+            frames,
+            masks,
+            decode_text(sentences["sentence"][expression]),
+            expression,
+            np.zeros([num_frames], np.int32),
+        )
+
+    def _example(self, rng: np.random.Generator, element, record) -> Dict[str, np.ndarray]:
+        clip = self._video_clip if self._kinds[element["source_index"]] == "video" else self._image_clip
+        frames, masks, sentence, expression, indices = clip(rng, record)
+        size = int(self._data.image_size)
+        aug = augment_lib.sample_clip_augment(rng, masks, self._data.augment) if self._data.augment.enabled else None
+        frames, masks, (h, w) = augment_lib.resize_clip(frames, masks, size, aug)
+        sentence = clean_sentence(sentence)
+        if aug is not None and aug.flip:
+            sentence = augment_lib.swap_left_right(sentence)
+        input_ids, text_mask = self._tokenizer([sentence])
+        length = int(self._data.max_text_length)
+        input_ids, text_mask = np.asarray(input_ids), np.asarray(text_mask)
+        if input_ids.shape != (1, length) or text_mask.shape != (1, length):
+            raise ValueError(
+                f"tokenizer returned shapes {input_ids.shape}, {text_mask.shape}; expected (1, {length}) each"
+            )
+        padded_masks = np.zeros([len(frames), size, size], dtype=np.float32)
+        padded_masks[:, :h, :w] = masks
+        return {
+            "frames": normalize_and_pad(frames, size, aug.colour_ops if aug is not None else None),
+            "masks": padded_masks,
+            "image_size": np.tile(np.asarray([h, w], np.int32), (len(frames), 1)),
+            "input_ids": input_ids[0].astype(np.int32),
+            "text_mask": text_mask[0].astype(bool),
+            "source_index": np.int32(element["source_index"]),
+            "record_index": np.int32(element["record_index"]),
+            "expression_index": np.int32(expression),
+            "frame_indices": np.asarray(indices, np.int32),
+            "flipped": np.bool_(aug is not None and aug.flip),
+        }
+
+
+def make_train_loader(
+    config,
+    tokenizer,
+    *,
+    seed: int,
+    shard_index: Optional[int] = None,
+    shard_count: Optional[int] = None,
+) -> grain.DataLoader:
+    """A grain DataLoader of training batches for this host (see the module docstring).
+
+    `tokenizer(list[str]) -> (input_ids [n, L], attention_mask [n, L])` with L = data.max_text_length.
+    `seed`: a non-negative 32-bit int; same seed -> same batches. shard_index/shard_count default
+    to jax.process_index()/jax.process_count(): each host reads a disjoint slice of the records.
+    `iter(loader)` gives an iterator with get_state()/set_state() for checkpoints.
+    """
+    data = _data_config(config)
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if data.batch_size % shard_count:
+        raise ValueError(f"data.batch_size {data.batch_size} is not divisible by the {shard_count} hosts")
+    names = dataset_names(data)
+    source = RecordSource(names, data.data_dir, data.split, [builder_config(n, data) for n in names])
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source),
+        shard_options=grain.sharding.ShardOptions(
+            shard_index=shard_index, shard_count=shard_count, drop_remainder=False
+        ),
+        shuffle=bool(data.shuffle),
+        num_epochs=data.num_epochs,
+        seed=seed,
+    )
+    operations = [
+        ClipTransform(data, tokenizer, names, source.kinds),
+        grain.transforms.Batch(batch_size=data.batch_size // shard_count, drop_remainder=True),
+    ]
+    if data.num_workers and not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags; use their defaults.
+    return grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=operations,
+        worker_count=int(data.num_workers),
+        worker_buffer_size=int(data.worker_buffer_size),
+        read_options=grain.ReadOptions(
+            num_threads=int(data.read_threads), prefetch_buffer_size=int(data.read_prefetch)
+        ),
+    )
