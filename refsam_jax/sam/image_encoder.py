@@ -1,0 +1,169 @@
+"""SAM's ViT image encoder (ViTDet backbone): windowed and global attention with decomposed relative positions.
+
+Channels-last throughout: images `[B, S, S, 3]`, token grids `[B, H, W, C]`. Attribute names follow
+`segment_anything.modeling.image_encoder`, so PyTorch checkpoints load by name.
+
+`dtype` is the compute dtype of the matmuls and convolutions (e.g. bfloat16 for speed); parameters, the
+residual stream, LayerNorm and softmax stay float32.
+"""
+
+import functools
+from typing import List, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from refsam_jax.sam.common import MLPBlock, gelu, layer_norm, linear, matmul
+from refsam_jax.sam.config import SamConfig
+
+LAYER_NORM_EPS = 1e-6
+
+
+def _linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """`[out_size, in_size]` weights of PyTorch's 1-D linear interpolation with align_corners=False."""
+    src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    weights = np.zeros((out_size, in_size), np.float32)
+    np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
+    np.add.at(weights, (np.arange(out_size), hi), frac)
+    return weights
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
+    """Relative position embeddings `[q_size, k_size, C]` from a table `[L, C]` (resized if L != 2*max-1)."""
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        weights = jnp.asarray(_linear_resize_matrix(rel_pos.shape[0], max_rel_dist), rel_pos.dtype)
+        rel_pos = jnp.dot(weights, rel_pos, precision=jax.lax.Precision.HIGHEST)
+    # Coordinates are scaled to the longer side when q and k differ, in float32 and truncated as SAM does.
+    q_coords = np.arange(q_size, dtype=np.float32)[:, None] * np.float32(max(k_size / q_size, 1.0))
+    k_coords = np.arange(k_size, dtype=np.float32)[None, :] * np.float32(max(q_size / k_size, 1.0))
+    relative = (q_coords - k_coords) + np.float32((k_size - 1) * max(q_size / k_size, 1.0))
+    return rel_pos[relative.astype(np.int64)]
+
+
+def window_partition(x: jax.Array, window_size: int) -> Tuple[jax.Array, Tuple[int, int]]:
+    """`[B, H, W, C]` -> windows `[B * nH * nW, ws, ws, C]` (zero-padded bottom/right) and padded (Hp, Wp)."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = -h % window_size, -w % window_size
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c), (hp, wp)
+
+
+def window_unpartition(windows: jax.Array, window_size: int, pad_hw: Tuple[int, int],
+                       hw: Tuple[int, int]) -> jax.Array:
+    """Inverse of `window_partition`: windows -> `[B, H, W, C]` with the padding removed."""
+    (hp, wp), (h, w) = pad_hw, hw
+    nh, nw = hp // window_size, wp // window_size
+    x = windows.reshape(-1, nh, nw, window_size, window_size, windows.shape[-1])
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, windows.shape[-1])
+    return x[:, :h, :w]
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention over a token grid with decomposed relative position embeddings."""
+
+    def __init__(self, dim: int, num_heads: int, input_size: Tuple[int, int], rngs: nnx.Rngs,
+                 dtype=jnp.float32):
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim ** -0.5
+        self.qkv = linear(dim, 3 * dim, rngs, dtype)
+        self.proj = linear(dim, dim, rngs, dtype)
+        self.dtype = dtype
+        self.rel_pos_h = nnx.Param(jnp.zeros((2 * input_size[0] - 1, head_dim)))
+        self.rel_pos_w = nnx.Param(jnp.zeros((2 * input_size[1] - 1, head_dim)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[B, H, W, C] -> [B, H, W, C]`."""
+        b, h, w, c = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each [B, heads, H*W, head_dim]
+        # The relative terms use the unscaled query, as SAM does.
+        grid_q = q.reshape(b, self.num_heads, h, w, -1)
+        rel_h = jnp.einsum("bnyxd,ykd->bnyxk", grid_q, get_rel_pos(h, h, self.rel_pos_h[...]))
+        rel_w = jnp.einsum("bnyxd,xkd->bnyxk", grid_q, get_rel_pos(w, w, self.rel_pos_w[...]))
+        logits = matmul("bnqd,bnkd->bnqk", q * self.scale, k, self.dtype).reshape(b, self.num_heads, h, w, h, w)
+        logits = (logits + rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.num_heads, h * w, h * w)
+        # Softmax, normalised after the value product: [HW, head_dim] divisions instead of [HW, HW], and
+        # XLA computes the exponentials once.
+        weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+        out = matmul("bnqk,bnkd->bnqd", weights, v, self.dtype) / weights.sum(axis=-1, keepdims=True)
+        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, h, w, c))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block; windowed attention when `window_size > 0`, global otherwise."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window_size: int,
+                 input_size: Tuple[int, int], rngs: nnx.Rngs, dtype=jnp.float32):
+        self.norm1 = layer_norm(dim, LAYER_NORM_EPS, rngs)
+        attn_size = input_size if window_size == 0 else (window_size, window_size)
+        self.attn = Attention(dim, num_heads, attn_size, rngs, dtype)
+        self.norm2 = layer_norm(dim, LAYER_NORM_EPS, rngs)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), gelu, rngs, dtype)
+        self.window_size = window_size
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[B, H, W, C] -> [B, H, W, C]`."""
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            hw = x.shape[1:3]
+            x, pad_hw = window_partition(x, self.window_size)
+        x = self.attn(x)
+        if self.window_size > 0:
+            x = window_unpartition(x, self.window_size, pad_hw, hw)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nnx.Module):
+    """Non-overlapping patches -> tokens: `[B, S, S, 3] -> [B, S/p, S/p, D]`."""
+
+    def __init__(self, patch_size: int, embed_dim: int, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.proj = nnx.Conv(3, embed_dim, (patch_size, patch_size), strides=patch_size, padding="VALID",
+                             dtype=dtype, preferred_element_type=jnp.float32, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(x)
+
+
+class ImageEncoderViT(nnx.Module):
+    """SAM's image encoder: `[B, S, S, 3]` normalised image -> `[B, g, g, prompt_embed_dim]` embedding."""
+
+    def __init__(self, config: SamConfig, rngs: nnx.Rngs, *, dtype=jnp.float32):
+        dim, grid = config.encoder_embed_dim, config.image_embedding_size
+        self.patch_embed = PatchEmbed(config.patch_size, dim, rngs, dtype)
+        self.pos_embed = nnx.Param(jnp.zeros((1, grid, grid, dim)))
+        self.blocks = nnx.List([
+            Block(dim, config.encoder_num_heads, config.mlp_ratio,
+                  0 if i in config.encoder_global_attn_indexes else config.window_size, (grid, grid), rngs, dtype)
+            for i in range(config.encoder_depth)
+        ])
+        out = config.prompt_embed_dim
+        conv = functools.partial(nnx.Conv, use_bias=False, dtype=dtype, preferred_element_type=jnp.float32,
+                                 rngs=rngs)
+        self.neck = nnx.Sequential(
+            conv(dim, out, (1, 1)),
+            layer_norm(out, LAYER_NORM_EPS, rngs),
+            conv(out, out, (3, 3), padding=1),
+            layer_norm(out, LAYER_NORM_EPS, rngs),
+        )
+
+    def __call__(self, x: jax.Array) -> Tuple[jax.Array, List[jax.Array]]:
+        """Returns the embedding `[B, g, g, 256]` and the pre-neck outputs `[B, g, g, D]` of the global blocks
+        except the last one (RefSAM's intermediate features)."""
+        x = self.patch_embed(x) + self.pos_embed[...]
+        global_outputs = []
+        for block in self.blocks:
+            x = block(x)
+            if block.window_size == 0:
+                global_outputs.append(x)
+        return self.neck(x), global_outputs[:-1]

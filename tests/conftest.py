@@ -1,0 +1,28 @@
+"""Shared fixtures: random PyTorch `segment_anything` models for parity tests."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def make_torch_sam():
+    """Returns `make(config, seed) -> (torch Sam, numpy state dict)` with no constant parameter left.
+
+    SAM's initialisation leaves LayerNorm weights at 1 and some biases, pos_embed and rel_pos at 0;
+    randomising them means a weight loaded into the wrong place (or not at all) shows in the outputs.
+    """
+    import torch
+
+    from convert.sam import build_torch_sam
+
+    def make(config, seed=0):
+        torch.manual_seed(seed)
+        model = build_torch_sam(config)
+        with torch.no_grad():
+            for param in model.parameters():
+                if torch.all(param == param.flatten()[0]):
+                    param.add_(0.1 * torch.randn_like(param))
+        state_dict = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+        return model, state_dict
+
+    return make
+
