@@ -52,14 +52,13 @@ def import_segment_anything():
     except Exception:  # absent, or a build that does not match torch
         _remove_torchvision()
         _install_torchvision_standin()
-        try:
-            import segment_anything
-        finally:
+    try:
+        import segment_anything
+    finally:
+        if getattr(sys.modules.get("torchvision"), "__is_standin__", False):
             # segment_anything keeps the functions it imported; other libraries (transformers probes
             # for torchvision) must not find the stand-in afterwards.
             _remove_torchvision()
-    import segment_anything
-
     return segment_anything
 
 

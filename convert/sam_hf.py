@@ -33,15 +33,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from convert.hf_weights import find_weight_files, read_state_dict
 from refsam_jax.sam.build import SamCheckpointError
 from refsam_jax.sam.config import SamConfig
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
-# In order of preference; the index files list the shards of a sharded checkpoint.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 TIED_KEY = "prompt_encoder.shared_embedding.positional_embedding"
 SHARED_PE_KEY = "shared_image_embedding.positional_embedding"
 # Max |ours - transformers| accepted by `verify_hf` by default (float32, random input), as `convert.sam`.
@@ -212,39 +210,12 @@ def read_hf_config(folder: str):
     return transformers.SamConfig.from_pretrained(folder)
 
 
-def _weight_files(folder: str) -> List[str]:
-    for name in WEIGHT_FILES:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            continue
-        if not name.endswith(".index.json"):
-            return [path]
-        with open(path) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
-        if missing:
-            raise FileNotFoundError(f"{path}: lists shards that are missing: {', '.join(missing)}")
-        return [os.path.join(folder, s) for s in shards]
-    raise FileNotFoundError(f"{folder}: no weights file (expected one of {', '.join(WEIGHT_FILES)})")
-
-
-def _to_numpy(tensor) -> np.ndarray:
-    return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
-
-
 def load_hf_state_dict(folder: str) -> Dict[str, np.ndarray]:
     """All tensors of a Hugging Face folder's weights (safetensors or PyTorch .bin, sharded or not), as numpy
     with floating point widened to float32."""
-    import torch
-    from safetensors.torch import load_file
-
     state_dict = {}
-    for path in _weight_files(folder):
-        if path.endswith(".safetensors"):
-            tensors = load_file(path)
-        else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
-        state_dict.update({k: _to_numpy(v) for k, v in tensors.items()})
+    for key, value in read_state_dict(find_weight_files(folder)).items():
+        state_dict[key] = value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
     return state_dict
 
 

@@ -100,7 +100,7 @@ def test_missing_config_and_weights(tmp_path):
     (empty / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10, "hidden_size": 8,
                                                    "num_hidden_layers": 1, "num_attention_heads": 2,
                                                    "intermediate_size": 16}))
-    with pytest.raises(FileNotFoundError, match="no weights in .*model.safetensors"):
+    with pytest.raises(FileNotFoundError, match="no weights file .*model.safetensors"):
         _convert(str(empty), str(tmp_path / "out"))
     (empty / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="unsupported text encoder model_type 'gpt2'"):
