@@ -1,6 +1,16 @@
-"""Shared fixtures: random PyTorch `segment_anything` models for parity tests."""
+"""Test-session set-up and shared fixtures (random PyTorch `segment_anything` models for parity tests)."""
+
+import os
 
 import pytest
+
+# Many tests (and the subprocesses some of them start) compile the same small programs, e.g. the eager
+# initialisation of a tiny SAM. A persistent compilation cache, shared by the xdist workers and
+# inherited by subprocesses through the environment, compiles each of them once per machine.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,50 @@
+"""RefSAM on Ref-YouTube-VOS, the paper's recipe (REFSAM_SPEC.md §4-5).
+
+AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0.01 as PyTorch's default), constant learning rates per
+module from the paper's Fig. 6 (MLP 1e-4, Dense Attention 1e-4, mask decoder 1e-6; adapters and the tracking
+module 1e-4 as the code defaults), 3-frame clips with back-propagation through the track token, Dice + focal.
+ViT-H SAM and a frozen T5-3B, as in the headline results (spec §0.15).
+
+    python -m convert sam --checkpoint sam_vit_h_4b8939.pth --model-type vit_h --output ckpt/sam_vit_h
+    python -m convert text --hf path/to/t5-3b --output ckpt/t5_3b
+    python -m refsam_jax.data build --name ref_youtube_vos --manual_dir ref-youtube-vos --data_dir tfds
+    python train.py --config configs/refytvos.py --workdir runs/refytvos \\
+        --config.model.sam.checkpoint=ckpt/sam_vit_h --config.model.text.encoder=ckpt/t5_3b \\
+        --config.data.data_dir=tfds --config.init.checkpoint_dir=runs/refcoco/checkpoints
+
+The epoch count and the number of GPUs of the paper are unknown (spec §4.4): 40k steps of 8 clips draw
+320k clips, about one pass over the (expression, frame) pairs the official code enumerates.
+"""
+
+from refsam_jax.train import task
+
+
+def get_config():
+    config = task.refsam_config()
+    config.model.sam.model_type = "vit_h"
+    config.model.sam.checkpoint = ""  # converted SAM ViT-H (`python -m convert sam`)
+    config.model.text.encoder = ""  # t5-3b: a Hugging Face folder or `python -m convert text` output
+    config.model.text.width = 1024
+
+    config.data.name = "ref_youtube_vos"
+    config.data.data_dir = ""
+    config.data.image_size = 1024
+    config.data.num_frames = 3
+    config.data.batch_size = 8
+    config.data.num_workers = 8
+
+    config.trainable = task.trainable_rules(config.model)
+    groups = ("adapter", "lora", "mlp", "dense", "mask_decoder", "tracking")
+    config.optim.lr.update({"adapter": 1e-4, "lora": 1e-4, "mlp": 1e-4, "dense": 1e-4, "mask_decoder": 1e-6,
+                            "tracking": 1e-4})
+    config.optim.weight_decay.update({group: 0.01 for group in groups})
+    config.optim.schedule = "constant"
+
+    config.total_steps = 40_000
+    config.log_every = 50
+    config.checkpoint_every = 1000
+    config.compute_dtype = "bfloat16"
+    config.sharding.fsdp_min_size = 2**20
+    config.eval.split = "heldout"
+    config.eval.max_expressions = 200
+    return config

@@ -1,0 +1,385 @@
+"""Video inference: expressions + a stream of frames -> per-frame mask logits at the original size.
+
+    segmenter = VideoSegmenter(model, text_encoder, chunk_size=8, expression_batch=4)
+    for t, logits in segmenter.segment(open_video("clip.mp4"), ["a red car", "the dog on the left"]):
+        masks = logits > DEFAULT_THRESHOLD      # bool [E, H0, W0] for frame t
+
+Protocol (REFSAM_SPEC.md §6.1, with the fixes of §9.5 and §9.11):
+- Each sentence is cleaned (`clean_caption`, as in training) and run through the frozen text encoder once.
+- Frames are resized with PIL so the longest side is the model size S (SAM's ResizeLongestSide; the
+  official scripts first shrink to a 360-pixel short side, spec §9.13: we do not), then normalised and
+  zero-padded to S x S on the device.
+- Frames go through the model in chunks of `chunk_size`; the last chunk is padded with blank frames
+  whose outputs are dropped and which do not advance the track. Every compiled program has static
+  shapes independent of the video's length and size, except the final resize to the original size
+  (compiled once per distinct frame size). The image encoder runs once per frame, whatever the number
+  of expressions.
+- Each expression has its own track state, carried from chunk to chunk (the official DAVIS script
+  shares one across the 4 expressions of an object, spec §9.5). Expressions are decoded in batches of
+  `expression_batch` (the last batch padded by repeating an expression).
+- Low-res logits `[4g, 4g]` are upsampled as SAM does (`postprocess_masks`: bilinear to S, crop the
+  content, bilinear to the original size).
+- Binarisation: `logit > DEFAULT_THRESHOLD` = 0.0, i.e. sigmoid > 0.5, the threshold the training loss
+  implies. The official Ref-YouTube-VOS script uses logit > 0.01 and the Ref-DAVIS script effectively
+  logit > 0.1 (spec §9.12); both are reachable through `threshold` arguments.
+Memory is constant in the video length: frames are read one chunk ahead, and only one chunk of
+logits at the original size exists at a time.
+"""
+
+import dataclasses
+import json
+import os
+import runpy
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from refsam_jax.model.refsam import RefSAM, encode_text
+from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD, check_image, postprocess_masks, resize_longest_side
+from refsam_jax.text import clean_caption
+from refsam_jax.visualize import ffmpeg_subprocess
+
+DEFAULT_THRESHOLD = 0.0
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+class VideoInputError(ValueError):
+    """A video that cannot be read as given; the message names the file or folder and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading videos.
+
+
+def read_frame(path: str) -> np.ndarray:
+    """An image file -> uint8 `[H, W, 3]` RGB; raises VideoInputError naming `path` if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise VideoInputError(f"cannot read frame {path}: {e}") from e
+
+
+@dataclasses.dataclass
+class VideoFrames:
+    """A video as a re-iterable stream of uint8 `[H, W, 3]` frames, read lazily from disk.
+
+    Attributes:
+      source: the folder or video file.
+      names: one name per frame (file stems for a folder, `00000`, `00001`, ... for a video file).
+      fps: the file's frame rate, None for a folder of frames.
+    """
+
+    source: str
+    names: List[str]
+    fps: Optional[float] = None
+    _files: Optional[List[str]] = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._files is not None:
+            for path in self._files:
+                yield read_frame(path)
+            return
+        import imageio.v2 as imageio
+
+        with ffmpeg_subprocess():
+            reader = imageio.get_reader(self.source, format="ffmpeg")
+        try:
+            for t, frame in enumerate(reader):
+                if t >= len(self.names):
+                    break
+                yield np.asarray(frame)[..., :3].astype(np.uint8)
+        finally:
+            reader.close()
+
+
+def open_video(path: str) -> VideoFrames:
+    """A folder of frames (jpg/png/..., sorted by name) or a video file (.mp4, ...) -> VideoFrames."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = sorted(name for name in os.listdir(path) if name.lower().endswith(FRAME_EXTENSIONS))
+        if not files:
+            raise VideoInputError(f"no frames in {path}: expected image files ({', '.join(FRAME_EXTENSIONS)})")
+        stems = [os.path.splitext(name)[0] for name in files]
+        if len(set(stems)) != len(stems):
+            duplicates = sorted({s for s in stems if stems.count(s) > 1})
+            raise VideoInputError(f"{path} holds several files per frame name: {', '.join(duplicates[:5])}")
+        return VideoFrames(path, stems, None, [os.path.join(path, name) for name in files])
+    if not os.path.exists(path):
+        raise VideoInputError(f"video {path} does not exist")
+    if not path.lower().endswith(VIDEO_EXTENSIONS):
+        raise VideoInputError(f"{path} is neither a folder of frames nor a video file "
+                              f"({', '.join(VIDEO_EXTENSIONS)})")
+    import imageio.v2 as imageio
+
+    try:
+        with ffmpeg_subprocess():
+            reader = imageio.get_reader(path, format="ffmpeg")
+            try:
+                fps = float(reader.get_meta_data().get("fps") or 0) or None
+                count = reader.count_frames()
+            finally:
+                reader.close()
+    except Exception as e:  # imageio/ffmpeg raise OSError, RuntimeError, IndexError, ... on bad files.
+        raise VideoInputError(f"cannot read video {path}: {type(e).__name__}: {e}") from e
+    if count < 1:
+        raise VideoInputError(f"video {path} has no frames")
+    return VideoFrames(path, [f"{t:05d}" for t in range(count)], fps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model programs.
+
+
+def _encode_chunk(graphdef: nnx.GraphDef, state: nnx.State, frames: jax.Array, content: jax.Array):
+    """uint8 `[T, S, S, 3]` (content top-left, zeros elsewhere), content (h, w) -> the frames' embeddings."""
+    model = nnx.merge(graphdef, state)
+    size = frames.shape[1]
+    rows = jnp.arange(size)[:, None] < content[0]
+    cols = jnp.arange(size)[None, :] < content[1]
+    x = (frames.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+    x = jnp.where((rows & cols)[None, :, :, None], x, 0.0)
+    return model.encode_frames(x)
+
+
+def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, embedding: jax.Array, interm: Sequence[jax.Array],
+                  valid: jax.Array, text_features: jax.Array, text_mask: jax.Array, track_state):
+    """Decodes T frames for E expressions, carrying the track: embeddings `[T, g, g, C]`, valid `[T]` bool,
+    text `[E, L, C_t]`, `[E, L]` -> (low-res logits `[T, E, 4g, 4g]`, track state)."""
+    model = nnx.merge(graphdef, state)
+    words, sentence = model.prompts(text_features, text_mask)
+    num_expressions = text_features.shape[0]
+
+    def per_expression(x):  # [...] -> [E, ...], the same frame for every expression
+        return jnp.broadcast_to(x[None], (num_expressions,) + x.shape)
+
+    def step(track, inputs):
+        frame_embedding, frame_interm, is_valid = inputs
+        logits, new_track = model.decode_frame(per_expression(frame_embedding),
+                                               [per_expression(x) for x in frame_interm],
+                                               words, sentence, text_mask, track)
+        track = jax.tree.map(lambda new, old: jnp.where(is_valid, new, old), new_track, track)
+        return track, logits
+
+    track_state, logits = jax.lax.scan(step, track_state, (embedding, list(interm), valid))
+    return logits, track_state
+
+
+# Module-level so that models of one architecture (e.g. untrained and trained) share the compiled programs.
+_encode_jit = jax.jit(_encode_chunk, static_argnums=0)
+_decode_jit = jax.jit(_decode_chunk, static_argnums=0)
+_postprocess_jit = jax.jit(postprocess_masks, static_argnums=(1, 2, 3))
+
+
+def compiled_programs() -> int:
+    """How many programs the segmenters have compiled (encode + decode + resize), for tests."""
+    return _encode_jit._cache_size() + _decode_jit._cache_size() + _postprocess_jit._cache_size()
+
+
+@dataclasses.dataclass
+class ExpressionBatch:
+    """Text of up to `expression_batch` expressions, padded by repeating the last one."""
+
+    features: jax.Array  # [B, L, C_t]
+    mask: jax.Array  # [B, L] bool
+    count: int  # the real expressions among the B rows
+
+
+class VideoSegmenter:
+    """Runs a RefSAM model over videos; see the module docstring for the protocol.
+
+    Runs on the first device.
+
+    Args:
+      model: the RefSAM model (its weights are read once, here).
+      text_encoder: the frozen `refsam_jax.text.TextEncoder` the model was trained with.
+      chunk_size: frames per model call (static).
+      expression_batch: expressions decoded together (static).
+    """
+
+    def __init__(self, model: RefSAM, text_encoder, *, chunk_size: int = 8, expression_batch: int = 4):
+        if chunk_size < 1 or expression_batch < 1:
+            raise ValueError(f"chunk_size and expression_batch must be >= 1, got {chunk_size}, {expression_batch}")
+        if text_encoder.width != model.text_width:
+            raise ValueError(f"the text encoder at {text_encoder.source} has width {text_encoder.width} but the "
+                             f"model was built for text.width={model.text_width}")
+        self.model = model
+        self.text_encoder = text_encoder
+        self.chunk_size = int(chunk_size)
+        self.expression_batch = int(expression_batch)
+        self.image_size = int(model.sam.config.img_size)
+        self._graphdef, state = nnx.split(model)
+        # One device, one sharding (restored checkpoints come with the training mesh's) and no weak types, so
+        # every model of one architecture (untrained, trained, ...) shares the compiled programs.
+        self._state = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state), jax.devices()[0])
+
+    def encode_text(self, sentences: Sequence[str]) -> List[ExpressionBatch]:
+        """Cleans and encodes each sentence once, in batches of `expression_batch`."""
+        if isinstance(sentences, str) or not sentences:
+            raise ValueError("sentences must be a non-empty list of strings")
+        for i, sentence in enumerate(sentences):
+            if not isinstance(sentence, str) or not sentence.strip():
+                raise ValueError(f"expression {i} is empty: {sentence!r}")
+        cleaned = [clean_caption(s) for s in sentences]
+        batches = []
+        for start in range(0, len(cleaned), self.expression_batch):
+            group = cleaned[start:start + self.expression_batch]
+            padded = group + [group[-1]] * (self.expression_batch - len(group))
+            input_ids, attention_mask = self.text_encoder.tokenizer(padded)
+            features, mask = encode_text(self.text_encoder, jnp.asarray(input_ids), jnp.asarray(attention_mask),
+                                         text_attention_mask=self.model.text_attention_mask)
+            batches.append(ExpressionBatch(features, mask, len(group)))
+        return batches
+
+    def _prepare_chunk(self, frames: Sequence[np.ndarray], first_index: int,
+                       original_size: Optional[Tuple[int, int]]):
+        """T <= chunk_size frames -> uint8 `[chunk_size, S, S, 3]`, valid `[chunk_size]`, (h, w), (H0, W0)."""
+        batch = np.zeros((self.chunk_size, self.image_size, self.image_size, 3), np.uint8)
+        for i, frame in enumerate(frames):
+            frame = check_image(frame, f"frame {first_index + i}")
+            if original_size is None:
+                original_size = frame.shape[:2]
+            elif frame.shape[:2] != original_size:
+                raise VideoInputError(f"frame {first_index + i} is {frame.shape[1]}x{frame.shape[0]} (WxH) but the "
+                                      f"video's first frame is {original_size[1]}x{original_size[0]}")
+            resized = resize_longest_side(frame, self.image_size)
+            batch[i, :resized.shape[0], :resized.shape[1]] = resized
+            content = resized.shape[:2]
+        valid = np.arange(self.chunk_size) < len(frames)
+        return batch, valid, content, original_size
+
+    def segment(self, frames: Iterable[np.ndarray], sentences: Sequence[str]) -> Iterator[Tuple[int, np.ndarray]]:
+        """Yields `(t, logits float32 [E, H0, W0])` for every frame t of `frames` (uint8 `[H0, W0, 3]`, all of one
+        size), in order; E = len(sentences). Threshold the logits (e.g. `> DEFAULT_THRESHOLD`) for masks."""
+        text = self.encode_text(sentences)
+        tracks = [self.model.initial_track_state(self.expression_batch) for _ in text]
+        original_size = None
+        pending = None  # The previous chunk, dispatched but not yet fetched: reading overlaps computing.
+        for first, chunk in _chunks(frames, self.chunk_size):
+            batch, valid, content, original_size = self._prepare_chunk(chunk, first, original_size)
+            embedding, interm = _encode_jit(self._graphdef, self._state, batch, np.asarray(content, np.int32))
+            outputs = []
+            for g, expressions in enumerate(text):
+                low_res, tracks[g] = _decode_jit(self._graphdef, self._state, embedding, interm, valid,
+                                                 expressions.features, expressions.mask, tracks[g])
+                outputs.append((_postprocess_jit(low_res, tuple(content), tuple(original_size), self.image_size),
+                                expressions.count))
+            if pending is not None:
+                yield from _fetch(*pending)
+            pending = (first, len(chunk), outputs)
+        if pending is None:
+            raise VideoInputError("the video has no frames")
+        yield from _fetch(*pending)
+
+
+def _chunks(frames: Iterable[np.ndarray], size: int) -> Iterator[Tuple[int, List[np.ndarray]]]:
+    """(index of the first frame, up to `size` frames) for consecutive chunks of the stream."""
+    chunk: List[np.ndarray] = []
+    first = 0
+    for t, frame in enumerate(frames):
+        chunk.append(frame)
+        if len(chunk) == size:
+            yield first, chunk
+            first, chunk = t + 1, []
+    if chunk:
+        yield first, chunk
+
+
+def _fetch(first: int, count: int, outputs: Sequence[Tuple[jax.Array, int]]) -> Iterator[Tuple[int, np.ndarray]]:
+    """Copies a chunk's logits to the host, dropping padded frames and expressions; yields them per frame."""
+    logits = np.concatenate([np.asarray(x)[:count, :real] for x, real in outputs], axis=1)  # [T, E, H0, W0]
+    for i in range(count):
+        yield first + i, logits[i]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading a model for inference.
+
+WORKDIR_CONFIG = "config.json"
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """A config file: Python with `get_config()` (optionally `path:arg`), or the JSON a training run saved."""
+    path, _, arg = os.fspath(path).partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    if path.endswith(".json"):
+        with open(path) as f:
+            try:
+                return ml_collections.ConfigDict(json.load(f))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not valid JSON: {e}") from e
+    module = runpy.run_path(path)
+    if "get_config" not in module:
+        raise ValueError(f"config file {path} has no get_config()")
+    return module["get_config"](*([arg] if arg else []))
+
+
+def checkpoint_location(path: str) -> Tuple[str, Optional[str]]:
+    """A training workdir (holding `checkpoints/`) or a checkpoints folder -> (checkpoints folder, workdir)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return os.path.join(path, "checkpoints"), path
+    if any(name.isdigit() for name in os.listdir(path)):
+        parent = os.path.dirname(path)
+        return path, parent if os.path.basename(path) == "checkpoints" else None
+    raise FileNotFoundError(f"{path} is neither a training workdir (no checkpoints/ in it) nor a checkpoints "
+                            "folder (no <step>/ in it)")
+
+
+def training_config(config: Optional[ml_collections.ConfigDict], workdir: Optional[str]) -> ml_collections.ConfigDict:
+    """The given training config, else the one the run saved in `<workdir>/config.json`."""
+    if config is not None:
+        return config
+    saved = os.path.join(workdir, WORKDIR_CONFIG) if workdir else None
+    if saved is None or not os.path.isfile(saved):
+        raise FileNotFoundError(f"no training config: {saved or 'the checkpoint folder'} has no saved "
+                                f"{WORKDIR_CONFIG}; pass --config (the config file the model was trained with)")
+    return load_config_file(saved)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A RefSAM model ready for inference, its text encoder, its config and the step it was trained for
+    (0: untrained, as initialised for training)."""
+
+    model: RefSAM
+    text_encoder: Any
+    config: ml_collections.ConfigDict
+    step: int
+    source: str
+
+
+def load_model(config: ml_collections.ConfigDict, checkpoint_dir: Optional[str] = None, *,
+               text_encoder=None) -> LoadedModel:
+    """Builds RefSAM as training does (`config.model`, `config.seed`, SAM from `config.model.sam.checkpoint`)
+    and, when `checkpoint_dir` is given, loads the trained parameters of its latest checkpoint.
+
+    Without a SAM checkpoint the frozen SAM weights are the seeded random initialisation, so they equal those
+    the run trained with only for the same `config.seed`. `text_encoder`: reuse one already loaded (its
+    compiled forward with it) instead of loading `config.model.text.encoder` again.
+    """
+    from refsam_jax.model.refsam import build_refsam
+    from refsam_jax.text import load_text_encoder
+    from refsam_jax.train.checkpoint import load_trained_params
+
+    if text_encoder is None:
+        text_encoder = load_text_encoder(config.model.text.encoder, config.model.text.max_length,
+                                         expected_width=config.model.text.width)
+    model = build_refsam(config.model, seed=config.seed)
+    step, source = 0, "untrained (initialisation)"
+    if checkpoint_dir is not None:
+        step = load_trained_params(model, checkpoint_dir, config.model.to_dict())
+        source = f"{checkpoint_dir}/{step}"
+    return LoadedModel(model, text_encoder, config, step, source)

@@ -1,0 +1,161 @@
+"""Segments the objects that sentences refer to in a video; writes masks and an overlay to look at.
+
+    python -m refsam_jax.predict --video clip.mp4 --text "a red circle" [--text "the square" ...] \\
+        --checkpoint runs/demo --out out/
+
+`--video` is a folder of frames (jpg/png, sorted by name) or a video file (.mp4, ...). `--checkpoint` is a
+training workdir or its `checkpoints/` folder; the training config comes from `--config` (the file the
+model was trained with, `--config.<key>=<value>` overrides allowed) or from `<workdir>/config.json`.
+`--random-init` runs an untrained model instead (smoke tests; `--config` defaults to configs/demo.py).
+
+Writes `<out>/<i>_<slug>/<frame>.png` (0/255 masks at the frame size, expression i) and
+`<out>/overlay.gif` (+ `overlay.mp4` when ffmpeg works): each expression in its colour, the sentences
+below the frame. Masks are `logit > --threshold` (default 0, i.e. sigmoid > 0.5; see inference.py).
+"""
+
+import os
+import re
+import sys
+import time
+from typing import List, Optional, Sequence
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+
+def define_flags() -> dict:
+    """The command line's flags (defined only when run as a program, so importing this module defines none)."""
+    return {
+        "video": flags.DEFINE_string("video", None, "Folder of frames or a video file."),
+        "text": flags.DEFINE_multi_string("text", None, "A referring expression; repeat for several."),
+        "checkpoint": flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoints folder."),
+        "config": config_flags.DEFINE_config_file("config", None,
+                                                  "Training config file (default: <workdir>/config.json)."),
+        "random_init": flags.DEFINE_bool("random-init", False, "Use an untrained model (smoke tests)."),
+        "out": flags.DEFINE_string("out", None, "Output folder."),
+        "threshold": flags.DEFINE_float("threshold", 0.0, "Mask = logit > threshold (official: 0.01 / 0.1)."),
+        "chunk_size": flags.DEFINE_integer("chunk_size", 8, "Frames per model call."),
+        "fps": flags.DEFINE_float("fps", None, "Overlay frame rate (default: the video's, or 10 for frames)."),
+        "overlay": flags.DEFINE_bool("overlay", True, "Write overlay.gif / overlay.mp4."),
+        "gif_max_side": flags.DEFINE_integer("gif_max_side", 480, "Longest side of the GIF's frames."),
+    }
+
+
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
+
+
+def slug(text: str, max_length: int = 40) -> str:
+    """'A red circle, on the left!' -> 'a-red-circle-on-the-left' (lower case, [a-z0-9-], bounded length)."""
+    words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+    return "-".join(words)[:max_length].strip("-") or "expression"
+
+
+def expression_dirs(out: str, sentences: Sequence[str]) -> List[str]:
+    """`<out>/<i>_<slug>` for each sentence."""
+    return [os.path.join(out, f"{i}_{slug(s)}") for i, s in enumerate(sentences)]
+
+
+def write_overlay(video, sentences: Sequence[str], mask_dirs: Sequence[str], stem: str, fps: float,
+                  gif_max_side: int):
+    """Reads the video and the saved masks again, frame by frame, and writes the captioned overlay.
+
+    Returns the `OverlayWriter` (its `paths` and `mp4_error`).
+    """
+    import numpy as np
+
+    from refsam_jax import visualize
+    from refsam_jax.evaluation import read_mask_png
+
+    writer = visualize.OverlayWriter(stem, fps, gif_max_side=gif_max_side)
+    for name, frame in zip(video.names, video):
+        masks = np.stack([read_mask_png(os.path.join(d, f"{name}.png"), frame.shape[:2]) > 0 for d in mask_dirs])
+        writer.add(visualize.add_captions(visualize.overlay_masks(frame, masks), sentences))
+    writer.close()
+    return writer
+
+
+def predict(video_path: str, sentences: Sequence[str], out: str, loaded, *, threshold: float = 0.0,
+            chunk_size: int = 8, expression_batch: Optional[int] = None, fps=None, overlay: bool = True,
+            gif_max_side: int = 480) -> dict:
+    """Runs `loaded` (an `inference.LoadedModel`) on the video and writes masks and overlay under `out`.
+
+    `expression_batch`: expressions decoded together (default: all of them).
+
+    Returns a summary: frames, seconds, frames/s, output paths, mean foreground fraction per expression.
+    """
+    import numpy as np
+    import tqdm
+
+    from refsam_jax import inference
+    from refsam_jax.evaluation import save_binary_mask_png
+
+    video = inference.open_video(video_path)
+    segmenter = inference.VideoSegmenter(loaded.model, loaded.text_encoder, chunk_size=chunk_size,
+                                         expression_batch=expression_batch or len(sentences))
+    mask_dirs = expression_dirs(out, sentences)
+    foreground = np.zeros(len(sentences))
+    start = time.perf_counter()
+    with tqdm.tqdm(total=len(video), unit="frame", desc="segmenting", file=sys.stderr) as progress:
+        for t, logits in segmenter.segment(video, sentences):
+            masks = logits > threshold
+            for mask, folder in zip(masks, mask_dirs):
+                save_binary_mask_png(mask, os.path.join(folder, f"{video.names[t]}.png"))
+            foreground += masks.mean(axis=(1, 2))
+            progress.update(1)
+    seconds = time.perf_counter() - start
+    summary = {"frames": len(video), "seconds": seconds, "frames_per_s": len(video) / seconds,
+               "mask_dirs": mask_dirs, "foreground": (foreground / len(video)).tolist(), "overlay": [],
+               "model": loaded.source}
+    if overlay:
+        writer = write_overlay(video, sentences, mask_dirs, os.path.join(out, "overlay"),
+                               fps or video.fps or 10.0, gif_max_side)
+        summary["overlay"] = writer.paths
+        if writer.mp4_error:
+            summary["mp4_error"] = writer.mp4_error
+    return summary
+
+
+def main(argv, flag_values: dict):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from refsam_jax import inference
+
+    value = {name: holder.value for name, holder in flag_values.items()}
+    sentences = value["text"] or []
+    problems = [f"--{name} is required" for name in ("video", "out") if not value[name]]
+    if not sentences:
+        problems.append("give at least one --text")
+    problems += [f"--text number {i} is empty" for i, s in enumerate(sentences) if not s.strip()]
+    if value["random_init"] == bool(value["checkpoint"]):
+        problems.append("give exactly one of --checkpoint and --random-init")
+    if problems:
+        raise app.UsageError("; ".join(problems))
+    try:
+        inference.open_video(value["video"])  # Fails on a bad video before any model is built.
+        if value["random_init"]:
+            loaded = inference.load_model(value["config"] or inference.load_config_file(DEMO_CONFIG))
+            print("WARNING: --random-init: the model is UNTRAINED; its masks are meaningless.", file=sys.stderr)
+        else:
+            checkpoint_dir, workdir = inference.checkpoint_location(value["checkpoint"])
+            loaded = inference.load_model(inference.training_config(value["config"], workdir), checkpoint_dir)
+        summary = predict(value["video"], sentences, value["out"], loaded, threshold=value["threshold"],
+                          chunk_size=value["chunk_size"], fps=value["fps"], overlay=value["overlay"],
+                          gif_max_side=value["gif_max_side"])
+    except (inference.VideoInputError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"model: {summary['model']}")
+    print(f"{summary['frames']} frames in {summary['seconds']:.1f} s, compilation included "
+          f"({summary['frames_per_s']:.1f} frames/s)")
+    for folder, fraction in zip(summary["mask_dirs"], summary["foreground"]):
+        print(f"masks: {folder}/  (foreground {100 * fraction:.1f}% of the pixels)")
+    for path in summary["overlay"]:
+        print(f"overlay: {path}")
+    if "mp4_error" in summary:
+        print(f"no MP4 overlay: {summary['mp4_error']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    _flag_values = define_flags()
+    app.run(lambda argv: main(argv, _flag_values))

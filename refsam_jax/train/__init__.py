@@ -1,0 +1,1 @@
+"""Training: trainable groups and optimiser, sharding, loss, jitted step, checkpoints, loop and LR sweeps."""

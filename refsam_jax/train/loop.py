@@ -1,0 +1,289 @@
+"""The training loop: checks, sharded state, jitted steps, metrics, checkpoints and resumption.
+
+`train(config, workdir, build_task)` is model-agnostic: a `Task` says how to build the model, what the
+loss is and where the batches come from. `train_and_evaluate(config, workdir)` trains RefSAM
+(`refsam_jax.train.task.build_refsam_task`).
+
+Everything that can be wrong with the input (workdir permissions, trainable rules, optimizer groups, a
+checkpoint of another model, the batch size vs the mesh) is checked on the abstract model
+(`nnx.eval_shape`) before any weight is created or any step is compiled.
+"""
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from refsam_jax.train import checkpoint as checkpoint_lib
+from refsam_jax.train import groups as groups_lib
+from refsam_jax.train import metrics_writer as metrics_lib
+from refsam_jax.train import sharding as sharding_lib
+from refsam_jax.train import step as step_lib
+
+
+@dataclasses.dataclass
+class Task:
+    """What to train.
+
+    Attributes:
+      build_model: creates the model with fresh weights; must be traceable by `nnx.eval_shape`.
+      loss_fn: `(model, batch, **other_frozen) -> (loss, metrics)`, see `step.py`.
+      make_train_iterator: `(shard_index, shard_count) -> ` checkpointable grain iterator of this host's
+        numpy batches.
+      model_config: JSON-able description of the architecture, stored in checkpoints and compared on resume.
+      global_batch_size: clips per step over all hosts.
+      frames_per_clip: for the frames/s figure.
+      load_pretrained: fills a built model with converted checkpoints (SAM, ...), in place.
+      load_other_frozen: loads the frozen states handed to `loss_fn` by name (e.g. a text encoder's); called
+        after the checks, before the first step.
+      prepare_batch: host-side transform of each batch before it is sharded (e.g. the text-feature cache).
+      evaluate: optional `model -> {metric: value}`, run before training (`config.eval.at_start`) and after.
+    """
+
+    build_model: Callable[[], nnx.Module]
+    loss_fn: step_lib.LossFn
+    make_train_iterator: Callable[[int, int], Iterator[Mapping[str, np.ndarray]]]
+    model_config: Mapping[str, Any]
+    global_batch_size: int
+    frames_per_clip: int = 1
+    load_pretrained: Callable[[nnx.Module], None] = lambda model: None
+    load_other_frozen: Callable[[], Mapping[str, Any]] = dict
+    prepare_batch: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] = lambda batch: batch
+    evaluate: Optional[Callable[[nnx.Module], Dict[str, float]]] = None
+
+
+@dataclasses.dataclass
+class TrainSummary:
+    """What a finished run reports: the last step, the loss of every step run here, and compilations."""
+
+    step: int
+    losses: Dict[int, float]
+    compilations: int
+    resumed_from: Optional[int]
+    evaluations: Dict[int, Dict[str, float]] = dataclasses.field(default_factory=dict)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The task-independent training keys; configs/*.py start from it and add `model`, `data`, ...
+
+    `optim.lr` and `optim.weight_decay` map each trainable group (named by the `trainable` rules) to its
+    value. `total_steps` counts batches; with `optim.accumulate_steps` = k the optimizer updates every k.
+    """
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.total_steps = 1000
+    config.log_every = 50
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 3
+    config.async_checkpointing = True
+    config.progress_bar = True
+    config.compute_dtype = "float32"
+    config.multihost = False
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    config.sharding = ml_collections.ConfigDict({"fsdp_min_size": 2**20})
+    config.trainable = ()
+    config.optim = ml_collections.ConfigDict({
+        "lr": ml_collections.ConfigDict(), "weight_decay": ml_collections.ConfigDict(),
+        "b1": 0.9, "b2": 0.999, "eps": 1e-8, "schedule": "constant", "warmup_steps": 0, "end_lr_factor": 0.0,
+        "clip_grad_norm": 0.0, "accumulate_steps": 1})
+    config.init = ml_collections.ConfigDict({"checkpoint_dir": ""})
+    config.eval = ml_collections.ConfigDict({"at_start": False, "at_end": True})
+    return config
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates `workdir` and checks that it is writable (before any compute)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"workdir {workdir} is not writable: {e}") from e
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if config.compute_dtype not in names:
+        raise ValueError(f"config.compute_dtype must be one of {sorted(names)}, got {config.compute_dtype!r}")
+    return names[config.compute_dtype]
+
+
+def _check_schedule(config: ml_collections.ConfigDict) -> None:
+    problems = []
+    for key in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if int(config[key]) < 1:
+            problems.append(f"config.{key} must be >= 1, got {config[key]}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _abstract_state(state: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+class _StepLog:
+    """Per-step metrics fetched one step late (so host and device overlap), NaN check, periodic logging.
+
+    Throughput (clips/s, frames/s) is measured between the completions of logged windows of steps, from
+    the completion of the run's first step on (so compilation is not counted).
+    """
+
+    def __init__(self, config, writer, progress, schedules, clips_per_step, frames_per_step):
+        self._config, self._writer, self._progress = config, writer, progress
+        self._schedules, self._clips, self._frames = schedules, clips_per_step, frames_per_step
+        self._pending = None
+        self._window: List[Dict[str, float]] = []
+        self._timed_steps = 0
+        self._window_start = None
+        self.losses: Dict[int, float] = {}
+
+    def add(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+        self.flush()
+        self._pending = (step, metrics)
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        step, metrics = self._pending
+        self._pending = None
+        values = step_lib.metrics_to_host(metrics)
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"the loss is {values['loss']} at step {step}: training stopped "
+                                     f"(metrics: {values})")
+        now = time.perf_counter()
+        if self._window_start is None:
+            self._window_start = now  # The first step (with its compilation) is not timed.
+        else:
+            self._timed_steps += 1
+        self.losses[step] = values["loss"]
+        self._progress.update(values["loss"])
+        self._window.append(values)
+        if step % self._config.log_every == 0 or step == self._config.total_steps:
+            scalars = {name: float(np.mean([w[name] for w in self._window])) for name in self._window[0]}
+            lrs = groups_lib.learning_rates(self._schedules, step - 1, self._config.optim.accumulate_steps)
+            scalars.update({f"lr/{group}": lr for group, lr in lrs.items()})
+            if self._timed_steps:
+                elapsed = now - self._window_start
+                scalars["clips_per_s"] = self._timed_steps * self._clips / elapsed
+                scalars["frames_per_s"] = self._timed_steps * self._frames / elapsed
+                self._timed_steps, self._window_start = 0, now
+            self._writer.write_scalars(step, scalars)
+            logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+            self._window = []
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          build_task: Callable[[ml_collections.ConfigDict, str], Task]) -> TrainSummary:
+    """Trains `build_task(config, workdir)` for `config.total_steps` steps, resuming from `workdir` if possible."""
+    check_workdir(workdir)
+    _check_schedule(config)
+    dtype = compute_dtype(config)
+    sharding_lib.initialize_distributed(config)
+    mesh = sharding_lib.make_mesh(config.mesh)
+    task = build_task(config, workdir)
+    sharding_lib.check_batch_size(task.global_batch_size, mesh)
+
+    # Checks on the abstract model: no weights, no compute.
+    abstract = groups_lib.split_trainable(nnx.eval_shape(task.build_model), config.trainable)
+    optimizer, schedules = groups_lib.make_optimizer(config.optim, abstract.labels, config.total_steps)
+    trainable_shapes = checkpoint_lib.describe_params(abstract.trainable)
+    checkpointer = checkpoint_lib.TrainCheckpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing)
+    resume_step = checkpointer.latest_step()
+    if resume_step is not None:
+        checkpoint_lib.check_meta(checkpointer.read_meta(resume_step), task.model_config, trainable_shapes,
+                                  source=f"checkpoint {checkpointer.directory}/{resume_step}")
+    meta = {"model_config": task.model_config, "trainable_shapes": trainable_shapes}
+    logging.info("trainable parameters per group: %s", groups_lib.group_sizes(abstract.trainable, abstract.labels))
+
+    # Weights: the frozen ones always come from the converted/initial checkpoints, the trainable ones from
+    # this run's latest checkpoint when it resumes.
+    model = task.build_model()
+    task.load_pretrained(model)
+    if config.init.checkpoint_dir:
+        init_step = checkpoint_lib.load_trained_params(model, config.init.checkpoint_dir, task.model_config)
+        logging.info("initialised the model from %s (step %d)", config.init.checkpoint_dir, init_step)
+    split = groups_lib.split_trainable(model, config.trainable)
+    split = dataclasses.replace(split, trainable=step_lib.strong_types(split.trainable),
+                                frozen=step_lib.strong_types(split.frozen))
+    del model
+
+    replicated = sharding_lib.replicated(mesh)
+    trainable_sharding = sharding_lib.tree_shardings(split.trainable, mesh, config.sharding.fsdp_min_size)
+    frozen = step_lib.cast_floating({"model": split.frozen, **task.load_other_frozen()}, dtype)
+    frozen_sharding = sharding_lib.tree_shardings(frozen, mesh, config.sharding.fsdp_min_size)
+    abstract_opt_state = jax.eval_shape(optimizer.init, split.trainable)
+    opt_sharding = step_lib.opt_state_shardings(
+        optimizer, abstract_opt_state,
+        lambda shape: sharding_lib.array_sharding(shape, mesh, config.sharding.fsdp_min_size), replicated)
+    shardings = step_lib.StepShardings(trainable=trainable_sharding, frozen=frozen_sharding, opt_state=opt_sharding,
+                                       batch=sharding_lib.batch_sharding(mesh), metrics=replicated)
+
+    iterator = task.make_train_iterator(jax.process_index(), jax.process_count())
+    if resume_step is None:
+        trainable = jax.device_put(split.trainable, trainable_sharding)
+        opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(trainable)
+        step = 0
+    else:
+        trainable, opt_state = checkpointer.restore(
+            resume_step, _abstract_state(split.trainable, trainable_sharding),
+            _abstract_state(abstract_opt_state, opt_sharding), iterator)
+        step = resume_step
+        logging.info("resumed from %s/%d", checkpointer.directory, resume_step)
+    frozen = jax.device_put(frozen, frozen_sharding)
+    graphdef, labels = split.graphdef, split.labels
+    del split
+
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(graphdef, labels, optimizer, task.loss_fn, compute_dtype=dtype), shardings)
+    writer = metrics_lib.MetricsWriter(workdir)
+    evaluations = {}
+
+    def evaluate():
+        if task.evaluate is not None:
+            results = task.evaluate(nnx.merge(graphdef, trainable, frozen["model"]))
+            writer.write_scalars(step, {f"eval/{name}": value for name, value in results.items()})
+            logging.info("evaluation at step %d: %s", step, results)
+            evaluations[step] = results
+
+    if resume_step is None and config.eval.at_start:
+        evaluate()
+    progress = metrics_lib.Progress(config.total_steps, step, enabled=config.progress_bar)
+    log = _StepLog(config, writer, progress, schedules, task.global_batch_size,
+                   task.global_batch_size * task.frames_per_clip)
+    try:
+        while step < config.total_steps:
+            batch = sharding_lib.global_batch(task.prepare_batch(next(iterator)), shardings.batch)
+            trainable, opt_state, metrics = train_step(trainable, frozen, opt_state, batch)
+            step += 1
+            log.add(step, metrics)
+            if step % config.checkpoint_every == 0 or step == config.total_steps:
+                log.flush()
+                checkpointer.save(step, trainable, opt_state, iterator, meta)
+        log.flush()
+        progress.close()
+        if config.eval.at_end:
+            evaluate()
+    finally:
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        progress.close()
+        writer.close()
+    return TrainSummary(step=step, losses=log.losses, compilations=train_step._cache_size(),
+                        resumed_from=resume_step, evaluations=evaluations)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainSummary:
+    """Trains RefSAM as `config` says (see configs/refytvos.py)."""
+    from refsam_jax.train import task as task_lib  # Imports the model, text and data packages.
+    return train(config, workdir, task_lib.build_refsam_task)

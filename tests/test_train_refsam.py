@@ -1,0 +1,117 @@
+"""RefSAM training end to end on the demo setting (tiny SAM, all-MiniLM-L6-v2, synthetic Ref-YouTube-VOS),
+and the command line's handling of bad input."""
+
+import os
+import runpy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from refsam_jax.train import checkpoint as checkpoint_lib
+from refsam_jax.train import loop
+from refsam_jax.train import metrics_writer
+from refsam_jax.train import task as task_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "configs", "demo.py")
+
+
+def small_demo_config(**overrides):
+    config = runpy.run_path(DEMO)["get_config"]()
+    config.total_steps = 2
+    config.log_every = 1
+    config.progress_bar = False
+    config.synthetic.num_videos = 8
+    config.synthetic.num_frames = 4
+    config.data.batch_size = 2
+    config.data.num_frames = 2
+    config.eval.at_start = False
+    config.eval.max_expressions = 1
+    config.text_cache = False
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    config.lock()
+    return config
+
+
+def test_refsam_trains_evaluates_and_rejects_a_checkpoint_of_another_model(tmp_path, monkeypatch):
+    """Two steps from a converted SAM with the text encoder inside the step; then a resume with another model
+    config fails before any compute."""
+    from refsam_jax.sam.build import build_sam, save_sam
+    from refsam_jax.sam.config import tiny_config
+
+    sam = build_sam(config=tiny_config(), seed=7)
+    save_sam(sam, str(tmp_path / "sam"))
+    evaluate_heldout = task_lib.evaluate_heldout
+
+    def check_weights_then_evaluate(model, text_encoder, config):
+        """The frozen SAM weights in training are the converted checkpoint's; the adapters are the model's."""
+        np.testing.assert_array_equal(model.sam.image_encoder.patch_embed.proj.kernel[...],
+                                      sam.image_encoder.patch_embed.proj.kernel[...])
+        np.testing.assert_array_equal(model.sam.prompt_encoder.no_mask_embed.embedding[...],
+                                      sam.prompt_encoder.no_mask_embed.embedding[...])
+        return evaluate_heldout(model, text_encoder, config)
+
+    monkeypatch.setattr(task_lib, "evaluate_heldout", check_weights_then_evaluate)
+    summary = loop.train_and_evaluate(small_demo_config(**{"model.sam.checkpoint": str(tmp_path / "sam")}),
+                                      str(tmp_path / "run"))
+    assert sorted(summary.losses) == [1, 2] and all(np.isfinite(list(summary.losses.values())))
+    assert summary.compilations == 1
+    assert 0.0 <= summary.evaluations[2]["J&F"] <= 1.0 and summary.evaluations[2]["expressions"] == 1
+    records = metrics_writer.read_metrics(str(tmp_path / "run"))
+    groups = {"adapter", "mlp", "dense", "mask_decoder", "tracking"}
+    assert {f"grad_norm/{g}" for g in groups} | {f"lr/{g}" for g in groups} <= set(records[0])
+    assert all(records[0][f"grad_norm/{g}"] > 0 for g in groups - {"adapter"})
+    assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
+
+    other = small_demo_config(**{"total_steps": 3, "model.sam.checkpoint": str(tmp_path / "sam"),
+                                 "model.mlp.num_hidden_layers": 1})
+    with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                       match="mlp.num_hidden_layers: 0 in the checkpoint, 1 now"):
+        loop.train_and_evaluate(other, str(tmp_path / "run"))
+
+
+def test_text_feature_cache_encodes_each_sentence_once():
+    from refsam_jax.model.refsam import encode_text
+    from refsam_jax.text import load_text_encoder
+
+    config = small_demo_config()
+    encoder = load_text_encoder(config.model.text.encoder, config.model.text.max_length)
+    cache = task_lib.TextFeatureCache(encoder, text_attention_mask=True)
+    ids, mask = encoder.tokenizer(["a red circle on the left", "the square moving up", "a red circle on the left"])
+    features, feature_mask = cache(ids, mask)
+    assert len(cache) == 2
+    expected, expected_mask = encode_text(encoder, ids, mask, text_attention_mask=True)
+    np.testing.assert_allclose(features, expected, atol=1e-6)
+    np.testing.assert_array_equal(feature_mask, expected_mask)
+    again, _ = cache(ids[::-1], mask[::-1])
+    np.testing.assert_array_equal(again, features[::-1])
+    assert len(cache) == 2
+
+
+def _train_cli(workdir, *overrides):
+    command = [sys.executable, os.path.join(ROOT, "train.py"), f"--config={DEMO}", f"--workdir={workdir}", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_command_line_rejects_bad_input_before_any_compute(tmp_path):
+    result = _train_cli(tmp_path / "typo", "--config.optim.lr.mpl=1e-6")
+    assert result.returncode == 2
+    assert "unknown config key --config.optim.lr.mpl: config.optim.lr has no key 'mpl'; did you mean 'mlp'?" in \
+        result.stderr
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = _train_cli(blocker / "workdir")
+    assert result.returncode == 1 and "is not writable" in result.stderr
+
+    result = _train_cli(tmp_path / "rules", "--config.trainable=((r'^resizer\\.', 'mlp'), (r'^densee\\.', 'dense'))")
+    assert result.returncode == 1
+    assert "trainable rule(s) [('^densee\\\\.', 'dense')] match no parameter of RefSAM" in result.stderr
+    assert not os.path.exists(tmp_path / "rules" / "data")  # Nothing written, nothing computed.
