@@ -13,6 +13,7 @@ from convert.reference import import_segment_anything
 from convert.sam import sam_from_state_dict
 from convert.torch_to_nnx import load_torch_state_dict
 from refsam_jax.sam import SAM_CONFIGS, tiny_config
+from refsam_jax.sam import image_encoder
 from refsam_jax.sam.image_encoder import Block, ImageEncoderViT, get_rel_pos
 
 import_segment_anything()
@@ -61,9 +62,11 @@ def test_get_rel_pos_matches_torch(q_size, k_size, length):
     _assert_close(get_rel_pos(q_size, k_size, jnp.asarray(rel_pos)), expected, 1e-5)
 
 
-@pytest.mark.parametrize("window_size", [3, 0])
-def test_block_on_non_square_grid_matches_torch(window_size):
-    """A 5x7 grid with window 3 is padded to 6x9 (each axis separately); window 0 is global attention."""
+@pytest.mark.parametrize("window_size,query_chunk_tokens", [(3, 128), (0, 128), (0, 7)])
+def test_block_on_non_square_grid_matches_torch(window_size, query_chunk_tokens, monkeypatch):
+    """A 5x7 grid with window 3 is padded to 6x9 (each axis separately); window 0 is global attention,
+    in one pass or (7 query tokens per chunk) as a loop over query rows."""
+    monkeypatch.setattr(image_encoder, "QUERY_CHUNK_TOKENS", query_chunk_tokens)
     torch.manual_seed(0)
     reference = torch_image_encoder.Block(
         48, 3, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,

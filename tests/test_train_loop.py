@@ -334,7 +334,7 @@ def test_sweep_runs_the_grid_and_tabulates_final_losses(tmp_path):
     assert seen == [(1e-2, 1.0, 4), (1e-2, 0.0, 4), (1e-1, 1.0, 4), (1e-1, 0.0, 4)]
     assert [row["final_loss"] for row in rows] == pytest.approx([1.035, 0.035, 1.35, 0.35])
     assert rows[0]["eval/J&F"] == 0.5
-    assert os.path.isdir(tmp_path / "head=0.01,optim.clip_grad_norm=1")
+    assert os.path.isdir(tmp_path / "head=0.01+optim.clip_grad_norm=1")
     table = sweep.format_table(rows).splitlines()
     assert table[0].split() == ["optim.lr.head", "optim.clip_grad_norm", "final_loss", "eval/J&F"]
     assert len(table) == 5

