@@ -8,7 +8,6 @@ key is an error). A run resumes from the latest checkpoint in `--workdir`. Metri
 """
 
 import difflib
-import logging as std_logging
 import runpy
 import sys
 
@@ -16,6 +15,10 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from refsam_jax.train import checkpoint
+from refsam_jax.train import loop
+from refsam_jax.train import metrics_writer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python file with get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; a run there is resumed.")
@@ -58,22 +61,14 @@ def parse_flags(argv):
         sys.exit(2)
 
 
-def quiet_orbax_info(record) -> bool:
-    """absl log filter: orbax's INFO lines (a dozen per checkpoint) are dropped, its warnings kept."""
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(quiet_orbax_info)
-    from refsam_jax.train import checkpoint, loop  # After flag parsing: imports JAX.
-
+    logging.get_absl_handler().addFilter(metrics_writer.quiet_orbax_info)
     try:
         summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (FloatingPointError, checkpoint.CheckpointMismatchError, PermissionError, FileNotFoundError,
             ValueError) as e:
-        logging.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     logging.info("finished at step %d; last loss %.4f; evaluations %s", summary.step,

@@ -6,6 +6,7 @@ TensorBoard tags spell '&' as '_and_').
 """
 
 import json
+import logging
 import os
 import sys
 from typing import Mapping, Optional
@@ -38,6 +39,11 @@ class MetricsWriter:
         if self._active:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def quiet_orbax_info(record: logging.LogRecord) -> bool:
+    """Log filter: orbax's INFO lines (a dozen per checkpoint) are dropped, its warnings kept."""
+    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
 def read_metrics(workdir: str) -> list:

@@ -138,6 +138,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not _GRID.value:
         raise app.UsageError("give at least one --grid 'key=v1,v2,...'")
+    logging.get_absl_handler().addFilter(metrics_writer.quiet_orbax_info)
     config = _CONFIG.value
     try:
         grid = parse_grid(config, _GRID.value)
