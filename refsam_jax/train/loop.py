@@ -186,6 +186,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     """Trains `build_task(config, workdir)` for `config.total_steps` steps, resuming from `workdir` if possible."""
     check_workdir(workdir)
     _check_schedule(config)
+    if jax.process_index() == 0:  # `predict` / `evaluate` read it when given only the workdir.
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     dtype = compute_dtype(config)
     sharding_lib.initialize_distributed(config)
     mesh = sharding_lib.make_mesh(config.mesh)
