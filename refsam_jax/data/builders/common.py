@@ -274,10 +274,14 @@ def video_example(
 
 
 class SkipReportMixin:
-    """Collects skips in `self.policy` and logs + stores them (`info.metadata['skipped']`) after the build."""
+    """Builds array_record files by default; collects skips in `self.policy` and logs + stores them
+    (`info.metadata['skipped']`) after the build."""
 
-    def _init_policy(self, on_error: str) -> None:
+    def __init__(self, *, on_error: str = "raise", **kwargs):
+        """`on_error`: "raise" (default) or "skip" bad records, counted in `self.skipped`."""
         self.policy = ErrorPolicy(on_error)
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
 
     @property
     def skipped(self) -> Dict[str, int]:

@@ -41,12 +41,6 @@ class RefDavis17(common.SkipReportMixin, tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "One record per video: encoded frames, palette PNGs, expressions."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-    def __init__(self, *, on_error: str = "raise", **kwargs):
-        """`on_error`: "raise" (default) or "skip" bad videos/expressions, counted in `self.skipped`."""
-        self._init_policy(on_error)
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
-
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,

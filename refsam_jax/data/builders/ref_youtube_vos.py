@@ -73,12 +73,6 @@ class RefYoutubeVos(common.SkipReportMixin, tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [RefYoutubeVosConfig(name="default", description="5% of train videos held out, seed 0")]
 
-    def __init__(self, *, on_error: str = "raise", **kwargs):
-        """`on_error`: "raise" (default) or "skip" bad videos/expressions, counted in `self.skipped`."""
-        self._init_policy(on_error)
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
-
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,

@@ -63,12 +63,6 @@ class Refcoco(common.SkipReportMixin, tfds.core.GeneratorBasedBuilder):
         RefcocoConfig(name="refcocog", dataset_dir="refcocog", description="RefCOCOg, umd split"),
     ]
 
-    def __init__(self, *, on_error: str = "raise", **kwargs):
-        """`on_error`: "raise" (default) or "skip" bad images/sentences, counted in `self.skipped`."""
-        self._init_policy(on_error)
-        kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
-
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
