@@ -6,11 +6,14 @@
    configs/demo.py on it (tiny random SAM, the all-MiniLM-L6-v2 text encoder; minutes on 2 CPU cores);
 2. evaluates the model as initialised and the trained model on the held-out synthetic videos (never
    trained on) and prints their J&F;
-3. writes `<workdir>/overlay/overlay.gif` (and .mp4): the trained model on a held-out video.
+3. copies the frames of one held-out video to `<workdir>/heldout_video/` and writes
+   `<workdir>/overlay/overlay.gif` (and .mp4): the trained model on that video.
 A rerun with the same workdir resumes (or skips) training. `--config.<key>=<value>` overrides the config.
 """
 
+import importlib.resources
 import os
+import shutil
 import sys
 import time
 
@@ -19,7 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.py"), "Demo config file.")
+    "config", str(importlib.resources.files("refsam_jax.configs") / "demo.py"), "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where the data, checkpoints and outputs go.")
 EXPRESSION_BATCH = 4  # One decoder program serves the evaluations and the overlay.
 
@@ -47,7 +50,9 @@ def run_demo(config, workdir: str) -> dict:
                                 builder_config=builder_config("ref_youtube_vos", config.data))
     video, expressions = next(evaluate.video_groups(items))
     sentences = [item.sentence for item in expressions]
-    frames_dir = os.path.join(config.data.manual_dir, "train", "JPEGImages", video)
+    frames_dir = os.path.join(workdir, "heldout_video")  # A clip to try `predict` on (README).
+    shutil.copytree(os.path.join(config.data.manual_dir, "train", "JPEGImages", video), frames_dir,
+                    dirs_exist_ok=True)
     overlay = predict.predict(frames_dir, sentences, os.path.join(workdir, "overlay"), models["trained"],
                               expression_batch=EXPRESSION_BATCH, fps=4)
     return {"train_steps": summary.step, "train_seconds": train_seconds, "results": results,
@@ -60,7 +65,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     start = time.perf_counter()  # JAX and the model code are imported after this.
     try:
-        outcome = run_demo(_CONFIG.value, _WORKDIR.value)
+        outcome = run_demo(_CONFIG.value, os.path.abspath(_WORKDIR.value))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -70,7 +75,8 @@ def main(argv):
           f"never trained on), masks = logit > {trained['threshold']:g}:")
     for name, result in (("untrained (initialisation)", untrained), (f"trained ({trained['step']} steps)", trained)):
         print(f"  {name:<28} J&F {result['JF']:.3f}   J {result['J']:.3f}   F {result['F']:.3f}")
-    print(f"Overlay of held-out video {outcome['overlay_video']} ({'; '.join(outcome['sentences'])}):")
+    print(f"Overlay of held-out video {outcome['overlay_video']} (frames copied to "
+          f"{os.path.join(_WORKDIR.value, 'heldout_video')}; {'; '.join(outcome['sentences'])}):")
     for path in outcome["overlay"]:
         print(f"  {path}")
     total = time.perf_counter() - start

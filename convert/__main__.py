@@ -18,7 +18,11 @@ def main(argv=None) -> int:
         module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
-    return module.run(args)
+    try:
+        return module.run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

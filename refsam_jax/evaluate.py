@@ -31,6 +31,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from refsam_jax import paths
+
 DATASETS = ("ytvos_heldout", "davis", "ytvos_valid")
 
 
@@ -234,6 +236,8 @@ def main(argv, flag_values: dict):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     value = {name: holder.value for name, holder in flag_values.items()}
+    value.update({name: paths.absolute(value[name]) for name in ("workdir", "out", "data_dir", "manual_dir")
+                  if value[name]})
     if not value["workdir"]:
         raise app.UsageError("--workdir is required")
     from refsam_jax import inference

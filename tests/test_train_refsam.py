@@ -5,6 +5,7 @@ import os
 import runpy
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -115,3 +116,39 @@ def test_command_line_rejects_bad_input_before_any_compute(tmp_path):
     assert result.returncode == 1
     assert "trainable rule(s) [('^densee\\\\.', 'dense')] match no parameter of RefSAM" in result.stderr
     assert not os.path.exists(tmp_path / "rules" / "data")  # Nothing written, nothing computed.
+
+
+def test_relative_workdir_killed_then_resumed_from_another_directory(tmp_path):
+    """`--workdir runs/r` from one folder, killed with SIGKILL after a checkpoint; the same run named by
+    another relative path from another folder resumes from that checkpoint."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    small = ["--config.synthetic.num_videos=8", "--config.synthetic.num_frames=4", "--config.data.batch_size=2",
+             "--config.data.num_frames=2", "--config.log_every=1", "--config.checkpoint_every=2",
+             "--config.eval.at_start=False", "--config.eval.at_end=False", "--config.progress_bar=False"]
+
+    def command(cwd, workdir, steps):
+        return [sys.executable, os.path.relpath(os.path.join(ROOT, "train.py"), cwd),
+                f"--config={os.path.relpath(DEMO, cwd)}", f"--workdir={workdir}", f"--config.total_steps={steps}",
+                *small]
+
+    checkpoints = first / "runs" / "r" / "checkpoints"
+    process = subprocess.Popen(command(first, "runs/r", 10_000), cwd=first, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.5)
+    finally:
+        process.kill()
+        process.wait()
+    saved = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    resumed = subprocess.run(command(second, "../first/runs/r", saved + 2), cwd=second, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {checkpoints}/{saved}" in resumed.stderr
+    steps = [record["step"] for record in metrics_writer.read_metrics(str(first / "runs" / "r"))]
+    assert steps[-2:] == [saved + 1, saved + 2]
+    assert not os.path.exists(second / "runs") and os.path.isdir(checkpoints / str(saved + 2))

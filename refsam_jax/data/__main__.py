@@ -7,6 +7,7 @@ python -m refsam_jax.data build --name ref_youtube_vos --manual_dir /tmp/raw/ytv
 import argparse
 import json
 import logging
+import os
 import sys
 
 from refsam_jax.data import builders, synthetic
@@ -39,7 +40,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.command == "build":
-        builder = builders.build(args.name, args.manual_dir, args.data_dir, on_error=args.on_error)
+        try:
+            builder = builders.build(args.name, os.path.abspath(args.manual_dir), os.path.abspath(args.data_dir),
+                                     on_error=args.on_error)
+        except (FileNotFoundError, builders.DataError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         splits = {k: v.num_examples for k, v in builder.info.splits.items()}
         summary = {"data_path": str(builder.data_path), "splits": splits, "skipped": builder.skipped}
     else:

@@ -10,6 +10,7 @@ of another model config gives a clear error before any compute.
 """
 
 import json
+import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import grain
@@ -72,7 +73,7 @@ class TrainCheckpointer:
     """Saves and restores training checkpoints under `directory`."""
 
     def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
-        self.directory = epath.Path(directory)
+        self.directory = epath.Path(os.path.abspath(directory))  # orbax takes absolute paths only
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                                create=True)
         self._manager = ocp.CheckpointManager(
@@ -120,7 +121,7 @@ def load_trained_params(model: nnx.Module, checkpoint_dir: str, model_config: Ma
     other run trained replace those of `model` path by path; the others keep their values. The model
     configs must agree. Returns the step of the loaded checkpoint.
     """
-    directory = epath.Path(checkpoint_dir)
+    directory = epath.Path(os.path.abspath(checkpoint_dir))
     if not directory.exists():
         raise FileNotFoundError(f"init checkpoint directory {directory} does not exist")
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from refsam_jax import paths
 from refsam_jax.train import checkpoint as checkpoint_lib
 from refsam_jax.train import groups as groups_lib
 from refsam_jax.train import metrics_writer as metrics_lib
@@ -184,6 +185,7 @@ class _StepLog:
 def train(config: ml_collections.ConfigDict, workdir: str,
           build_task: Callable[[ml_collections.ConfigDict, str], Task]) -> TrainSummary:
     """Trains `build_task(config, workdir)` for `config.total_steps` steps, resuming from `workdir` if possible."""
+    workdir = os.path.abspath(workdir)
     check_workdir(workdir)
     _check_schedule(config)
     if jax.process_index() == 0:  # `predict` / `evaluate` read it when given only the workdir.
@@ -287,6 +289,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainSummary:
-    """Trains RefSAM as `config` says (see configs/refytvos.py)."""
+    """Trains RefSAM as `config` says (see configs/refytvos.py); relative paths are taken from the working
+    directory."""
     from refsam_jax.train import task as task_lib  # Imports the model, text and data packages.
+    paths.check_paths_exist(paths.absolute_paths(config))
     return train(config, workdir, task_lib.build_refsam_task)

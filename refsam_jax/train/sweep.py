@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from refsam_jax import paths
 from refsam_jax.train import loop
 from refsam_jax.train import metrics_writer
 
@@ -142,12 +143,13 @@ def main(argv):
     config = _CONFIG.value
     try:
         grid = parse_grid(config, _GRID.value)
-        loop.check_workdir(_WORKDIR.value)
-        rows = run_sweep(config, _WORKDIR.value, grid, _STEPS.value, _AVERAGE_LAST.value)
+        workdir = paths.absolute(_WORKDIR.value)
+        loop.check_workdir(workdir)
+        rows = run_sweep(config, workdir, grid, _STEPS.value, _AVERAGE_LAST.value)
     except (KeyError, ValueError, PermissionError, FloatingPointError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         sys.exit(2)
-    write_csv(rows, os.path.join(_WORKDIR.value, "sweep.csv"))
+    write_csv(rows, os.path.join(workdir, "sweep.csv"))
     print(format_table(rows))
 
 

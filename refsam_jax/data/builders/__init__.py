@@ -5,6 +5,7 @@ A dataset is named `builder[/config]`: 'ref_youtube_vos', 'ref_davis17', 'refcoc
 `open_split` (a random-access source of numpy dicts; record layouts in each builder's docstring).
 """
 
+import os
 from typing import Optional, Tuple
 
 import tensorflow_datasets as tfds
@@ -51,6 +52,9 @@ def build(
     Returns the builder; with `on_error="skip"` its `skipped` dict counts what was left out (also
     stored in `info.metadata['skipped']` and logged). A prepared dataset is not rebuilt.
     """
+    if not os.path.isdir(manual_dir):
+        raise FileNotFoundError(f"raw dataset folder {manual_dir} does not exist (--manual_dir: the {name} tree "
+                                f"in its public layout)")
     builder = get_builder(name, data_dir, on_error=on_error, config=config)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     return builder

