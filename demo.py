@@ -14,12 +14,15 @@ A rerun with the same workdir resumes (or skips) training. `--config.<key>=<valu
 import importlib.resources
 import os
 import shutil
-import sys
 import time
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from refsam_jax import cli, evaluate, inference, predict, task
+from refsam_jax.data import iterate_eval_videos
+from refsam_jax.data.pipeline import builder_config
+from refsam_jax.evaluation.video import video_groups
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(importlib.resources.files("refsam_jax.configs") / "demo.py"), "Demo config file.")
@@ -29,16 +32,11 @@ EXPRESSION_BATCH = 4  # One decoder program serves the evaluations and the overl
 
 def run_demo(config, workdir: str) -> dict:
     """Trains and evaluates as the module docstring says; returns the numbers it prints."""
-    from refsam_jax import evaluate, inference, predict
-    from refsam_jax.data import iterate_eval_videos
-    from refsam_jax.data.pipeline import builder_config
-    from refsam_jax.train import loop
-
     start = time.perf_counter()
     with config.unlocked():  # The held-out evaluation runs below, through the inference engine.
         config.eval.at_start = False
         config.eval.at_end = False
-    summary = loop.train_and_evaluate(config, workdir)
+    summary = task.train_and_evaluate(config, workdir)
     train_seconds = time.perf_counter() - start
     results, models = {}, {}
     for name, checkpoint_dir in (("untrained", None), ("trained", os.path.join(workdir, "checkpoints"))):
@@ -48,7 +46,7 @@ def run_demo(config, workdir: str) -> dict:
         print(evaluate.format_summary(results[name]), flush=True)
     items = iterate_eval_videos("ref_youtube_vos", config.data.data_dir, "heldout",
                                 builder_config=builder_config("ref_youtube_vos", config.data))
-    video, expressions = next(evaluate.video_groups(items))
+    video, expressions = next(video_groups(items))
     sentences = [item.sentence for item in expressions]
     frames_dir = os.path.join(workdir, "heldout_video")  # A clip to try `predict` on (README).
     shutil.copytree(os.path.join(config.data.manual_dir, "train", "JPEGImages", video), frames_dir,
@@ -61,14 +59,9 @@ def run_demo(config, workdir: str) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    start = time.perf_counter()  # JAX and the model code are imported after this.
-    try:
-        outcome = run_demo(_CONFIG.value, os.path.abspath(_WORKDIR.value))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    del argv  # cli.run rejects extra arguments.
+    start = time.perf_counter()
+    outcome = run_demo(_CONFIG.value, os.path.abspath(_WORKDIR.value))
     untrained, trained = outcome["results"]["untrained"], outcome["results"]["trained"]
     print()
     print(f"Held-out synthetic videos ({trained['num_videos']} videos, {trained['num_expressions']} expressions, "
@@ -84,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

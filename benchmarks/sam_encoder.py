@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from flax import nnx
 
-from convert.reference import import_segment_anything
 from refsam_jax.sam.config import SAM_CONFIGS, SamConfig
 from refsam_jax.sam.image_encoder import ImageEncoderViT
+from refsam_jax.sam.torch_reference import import_segment_anything
 
 
 def _timed(fn, repeats: int):

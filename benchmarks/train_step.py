@@ -15,6 +15,7 @@ of the config's shapes with cached text features (the text encoder is not part o
 """
 
 import argparse
+import functools
 import os
 import runpy
 import statistics
@@ -25,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from refsam_jax import task as task_lib
 from refsam_jax.model.refsam import build_refsam
-from refsam_jax.train import groups as groups_lib
+from refsam_jax.train import optimizer as optimizer_lib
 from refsam_jax.train import step as step_lib
-from refsam_jax.train import task as task_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,18 +73,18 @@ def benchmark(name: str, compute_dtype: str, batch_size: int, num_frames: int, s
     config = load_config(name, compute_dtype, batch_size, num_frames)
     dtype = jnp.bfloat16 if compute_dtype == "bfloat16" else jnp.float32
     model = build_refsam(task_lib.model_config_without_weights(config), seed=0)
-    split = groups_lib.split_trainable(model, config.trainable)
+    split = optimizer_lib.split_trainable(model, config.trainable)
     del model
-    optimizer, _ = groups_lib.make_optimizer(config.optim, split.labels, config.total_steps)
-    loss_fn = task_lib.make_loss_fn(config)
+    optimizer, _ = optimizer_lib.make_optimizer(config.optim, split.labels, config.total_steps)
+    loss_fn = functools.partial(task_lib.refsam_loss, config)
     frozen = step_lib.cast_floating({"model": split.frozen}, dtype)
     trainable, opt_state = split.trainable, optimizer.init(split.trainable)
     batch = random_batch(config)
     sizes = {
-        "trainable_bytes": groups_lib.tree_bytes(trainable),
-        "frozen_bytes": groups_lib.tree_bytes(frozen),
-        "opt_state_bytes": groups_lib.tree_bytes(opt_state),
-        "trainable_params": sum(groups_lib.group_sizes(trainable, split.labels).values()),
+        "trainable_bytes": optimizer_lib.tree_bytes(trainable),
+        "frozen_bytes": optimizer_lib.tree_bytes(frozen),
+        "opt_state_bytes": optimizer_lib.tree_bytes(opt_state),
+        "trainable_params": sum(optimizer_lib.group_sizes(trainable, split.labels).values()),
     }
 
     train_step = jax.jit(step_lib.make_train_step(split.graphdef, split.labels, optimizer, loss_fn,

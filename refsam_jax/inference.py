@@ -32,6 +32,7 @@ import os
 import runpy
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import imageio.v2 as imageio
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -40,9 +41,10 @@ from flax import nnx
 from PIL import Image
 
 from refsam_jax import paths
-from refsam_jax.model.refsam import RefSAM, encode_text
-from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD, check_image, postprocess_masks, resize_longest_side
-from refsam_jax.text import clean_caption
+from refsam_jax.checkpoint import load_trained_params
+from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text
+from refsam_jax.sam.transforms import check_image, normalize, postprocess_masks_jit, resize_longest_side
+from refsam_jax.text import clean_caption, load_text_encoder
 from refsam_jax.visualize import ffmpeg_subprocess
 
 DEFAULT_THRESHOLD = 0.0
@@ -90,8 +92,6 @@ class VideoFrames:
             for path in self._files:
                 yield read_frame(path)
             return
-        import imageio.v2 as imageio
-
         with ffmpeg_subprocess():
             reader = imageio.get_reader(self.source, format="ffmpeg")
         try:
@@ -120,8 +120,6 @@ def open_video(path: str) -> VideoFrames:
     if not path.lower().endswith(VIDEO_EXTENSIONS):
         raise VideoInputError(f"{path} is neither a folder of frames nor a video file "
                               f"({', '.join(VIDEO_EXTENSIONS)})")
-    import imageio.v2 as imageio
-
     try:
         with ffmpeg_subprocess():
             reader = imageio.get_reader(path, format="ffmpeg")
@@ -147,8 +145,7 @@ def _encode_chunk(graphdef: nnx.GraphDef, state: nnx.State, frames: jax.Array, c
     size = frames.shape[1]
     rows = jnp.arange(size)[:, None] < content[0]
     cols = jnp.arange(size)[None, :] < content[1]
-    x = (frames.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
-    x = jnp.where((rows & cols)[None, :, :, None], x, 0.0)
+    x = jnp.where((rows & cols)[None, :, :, None], normalize(frames.astype(jnp.float32)), 0.0)
     return model.encode_frames(x)
 
 
@@ -178,12 +175,11 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, embedding: jax.Array
 # Module-level so that models of one architecture (e.g. untrained and trained) share the compiled programs.
 _encode_jit = jax.jit(_encode_chunk, static_argnums=0)
 _decode_jit = jax.jit(_decode_chunk, static_argnums=0)
-_postprocess_jit = jax.jit(postprocess_masks, static_argnums=(1, 2, 3))
 
 
 def compiled_programs() -> int:
     """How many programs the segmenters have compiled (encode + decode + resize), for tests."""
-    return _encode_jit._cache_size() + _decode_jit._cache_size() + _postprocess_jit._cache_size()
+    return _encode_jit._cache_size() + _decode_jit._cache_size() + postprocess_masks_jit._cache_size()
 
 
 @dataclasses.dataclass
@@ -272,7 +268,7 @@ class VideoSegmenter:
             for g, expressions in enumerate(text):
                 low_res, tracks[g] = _decode_jit(self._graphdef, self._state, embedding, interm, valid,
                                                  expressions.features, expressions.mask, tracks[g])
-                outputs.append((_postprocess_jit(low_res, tuple(content), tuple(original_size), self.image_size),
+                outputs.append((postprocess_masks_jit(low_res, tuple(content), tuple(original_size), self.image_size),
                                 expressions.count))
             if pending is not None:
                 yield from _fetch(*pending)
@@ -372,10 +368,6 @@ def load_model(config: ml_collections.ConfigDict, checkpoint_dir: Optional[str] 
     the run trained with only for the same `config.seed`. `text_encoder`: reuse one already loaded (its
     compiled forward with it) instead of loading `config.model.text.encoder` again.
     """
-    from refsam_jax.model.refsam import build_refsam
-    from refsam_jax.text import load_text_encoder
-    from refsam_jax.train.checkpoint import load_trained_params
-
     if text_encoder is None:
         text_encoder = load_text_encoder(config.model.text.encoder, config.model.text.max_length,
                                          expected_width=config.model.text.width)

@@ -20,11 +20,13 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from absl import app
-from absl import flags
+import numpy as np
+import tqdm
+from absl import app, flags
 from ml_collections import config_flags
 
-from refsam_jax import paths
+from refsam_jax import cli, inference, paths, visualize
+from refsam_jax.evaluation import read_mask_png, save_binary_mask_png
 
 
 def define_flags() -> dict:
@@ -65,11 +67,6 @@ def write_overlay(video, sentences: Sequence[str], mask_dirs: Sequence[str], ste
 
     Returns the `OverlayWriter` (its `paths` and `mp4_error`).
     """
-    import numpy as np
-
-    from refsam_jax import visualize
-    from refsam_jax.evaluation import read_mask_png
-
     writer = visualize.OverlayWriter(stem, fps, gif_max_side=gif_max_side)
     for name, frame in zip(video.names, video):
         masks = np.stack([read_mask_png(os.path.join(d, f"{name}.png"), frame.shape[:2]) > 0 for d in mask_dirs])
@@ -87,12 +84,6 @@ def predict(video_path: str, sentences: Sequence[str], out: str, loaded, *, thre
 
     Returns a summary: frames, seconds, frames/s, output paths, mean foreground fraction per expression.
     """
-    import numpy as np
-    import tqdm
-
-    from refsam_jax import inference
-    from refsam_jax.evaluation import save_binary_mask_png
-
     video = inference.open_video(video_path)
     segmenter = inference.VideoSegmenter(loaded.model, loaded.text_encoder, chunk_size=chunk_size,
                                          expression_batch=expression_batch or len(sentences))
@@ -120,10 +111,7 @@ def predict(video_path: str, sentences: Sequence[str], out: str, loaded, *, thre
 
 
 def main(argv, flag_values: dict):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from refsam_jax import inference
-
+    del argv  # cli.run rejects extra arguments.
     value = {name: holder.value for name, holder in flag_values.items()}
     value.update({name: paths.absolute(value[name]) for name in ("video", "out", "checkpoint") if value[name]})
     sentences = value["text"] or []
@@ -135,20 +123,16 @@ def main(argv, flag_values: dict):
         problems.append("give exactly one of --checkpoint and --random-init")
     if problems:
         raise app.UsageError("; ".join(problems))
-    try:
-        inference.open_video(value["video"])  # Fails on a bad video before any model is built.
-        if value["random_init"]:
-            loaded = inference.load_model(value["config"] or inference.load_config_file(DEMO_CONFIG))
-            print("WARNING: --random-init: the model is UNTRAINED; its masks are meaningless.", file=sys.stderr)
-        else:
-            checkpoint_dir, workdir = inference.checkpoint_location(value["checkpoint"])
-            loaded = inference.load_model(inference.training_config(value["config"], workdir), checkpoint_dir)
-        summary = predict(value["video"], sentences, value["out"], loaded, threshold=value["threshold"],
-                          chunk_size=value["chunk_size"], fps=value["fps"], overlay=value["overlay"],
-                          gif_max_side=value["gif_max_side"])
-    except (inference.VideoInputError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    inference.open_video(value["video"])  # Fails on a bad video before any model is built.
+    if value["random_init"]:
+        loaded = inference.load_model(value["config"] or inference.load_config_file(DEMO_CONFIG))
+        print("WARNING: --random-init: the model is UNTRAINED; its masks are meaningless.", file=sys.stderr)
+    else:
+        checkpoint_dir, workdir = inference.checkpoint_location(value["checkpoint"])
+        loaded = inference.load_model(inference.training_config(value["config"], workdir), checkpoint_dir)
+    summary = predict(value["video"], sentences, value["out"], loaded, threshold=value["threshold"],
+                      chunk_size=value["chunk_size"], fps=value["fps"], overlay=value["overlay"],
+                      gif_max_side=value["gif_max_side"])
     print(f"model: {summary['model']}")
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s, compilation included "
           f"({summary['frames_per_s']:.1f} frames/s)")
@@ -162,4 +146,4 @@ def main(argv, flag_values: dict):
 
 if __name__ == "__main__":
     _flag_values = define_flags()
-    app.run(lambda argv: main(argv, _flag_values))
+    cli.run(lambda argv: main(argv, _flag_values))

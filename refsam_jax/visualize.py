@@ -15,6 +15,7 @@ import os
 import warnings
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -144,7 +145,6 @@ class OverlayWriter:
 
     def _open_mp4(self, height: int, width: int) -> None:
         try:
-            import imageio_ffmpeg
             self._mp4 = imageio_ffmpeg.write_frames(
                 f"{self.stem}.mp4", (width + width % 2, height + height % 2), fps=self.fps, codec="libx264",
                 pix_fmt_out="yuv420p", macro_block_size=1, quality=7)

@@ -22,7 +22,7 @@ def make_torch_sam():
     """
     import torch
 
-    from convert.sam import build_torch_sam
+    from refsam_jax.sam.params import build_torch_sam
 
     def make(config, seed=0):
         torch.manual_seed(seed)

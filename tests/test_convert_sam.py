@@ -12,12 +12,18 @@ import pytest
 import torch
 from flax import nnx
 
-from convert.__main__ import main
-from convert.sam import (build_torch_sam, config_from_state_dict, infer_model_type, load_official_state_dict,
-                         sam_from_state_dict, verify)
-from convert.torch_to_nnx import CheckpointMismatchError
+from refsam_jax.convert import main
+from refsam_jax.porting.torch_to_nnx import CheckpointMismatchError
 from refsam_jax.sam import SAM_CONFIGS, SamCheckpointError, build_sam, load_sam, tiny_config
 from refsam_jax.sam.common import Buffer
+from refsam_jax.sam.params import (
+    build_torch_sam,
+    config_from_state_dict,
+    infer_model_type,
+    load_official_state_dict,
+    sam_from_state_dict,
+    verify,
+)
 
 
 @pytest.fixture(scope="module")

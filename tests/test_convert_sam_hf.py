@@ -9,10 +9,10 @@ import torch
 import transformers  # before segment_anything: its torchvision stand-in must not be seen by transformers
 from safetensors.torch import save_file
 
-from convert import sam_hf
-from convert.__main__ import main as convert_main
-from convert.sam import build_torch_sam, sam_from_state_dict
+from refsam_jax.convert import main as convert_main
 from refsam_jax.sam import SamCheckpointError, build_sam, tiny_config
+from refsam_jax.sam import hf_params as sam_hf
+from refsam_jax.sam.params import build_torch_sam, sam_from_state_dict
 
 STRICT_ATOL = {"image_embeddings": 1e-4, "mask_logits": 1e-3, "iou": 1e-4}
 

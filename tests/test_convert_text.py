@@ -9,11 +9,11 @@ import pytest
 import torch
 import transformers
 
-import convert.text
-from convert.__main__ import main
-from convert.torch_to_nnx import CheckpointMismatchError
 from refsam_jax.configs.demo import MINILM
+from refsam_jax.convert import main
+from refsam_jax.porting.torch_to_nnx import CheckpointMismatchError
 from refsam_jax.text import load_text_encoder
+from refsam_jax.text import params as text_params
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 VOCAB = 30522  # the MiniLM (BERT uncased) tokenizer, reused by every tiny model; its pad id is 0
@@ -86,8 +86,8 @@ def test_bert_bin_and_roberta_checkpoints_with_heads(model_type, tmp_path, capsy
 
 
 def test_verify_failure_returns_nonzero(t5_folder, tmp_path, monkeypatch, capsys):
-    reference = convert.text.reference_hidden_states
-    monkeypatch.setattr(convert.text, "reference_hidden_states", lambda *a: reference(*a) + 1e-3)
+    reference = text_params.reference_hidden_states
+    monkeypatch.setattr(text_params, "reference_hidden_states", lambda *a: reference(*a) + 1e-3)
     assert _convert(t5_folder, str(tmp_path / "out"), "--verify") == 1
     assert "verification FAILED" in capsys.readouterr().err
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refsam_jax.evaluation import EvaluationInputError
+from refsam_jax.evaluation import EvaluationInputError, ref_davis
 from refsam_jax.evaluation import __main__ as cli
-from refsam_jax.evaluation import ref_davis
 
 H, W = 24, 32  # F radius: ceil(0.008 * sqrt(24^2 + 32^2)) = ceil(0.32) = 1
 FRAMES = ["00000", "00001", "00002"]

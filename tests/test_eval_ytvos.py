@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refsam_jax.evaluation import EvaluationInputError, save_binary_mask_png
+from refsam_jax.evaluation import EvaluationInputError, ref_ytvos, save_binary_mask_png
 from refsam_jax.evaluation import __main__ as cli
-from refsam_jax.evaluation import ref_ytvos
 
 VALID = {
     "v_a": {"expressions": {"0": {"exp": "a dog"}, "1": {"exp": "the left cat"}},

@@ -12,8 +12,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
-from refsam_jax import evaluate, inference
+from refsam_jax import inference
 from refsam_jax.configs.demo import MINILM
+from refsam_jax.evaluation import video as video_eval
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.refsam import build_refsam, encode_text
 from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD, postprocess_masks, resize_longest_side
@@ -237,15 +238,15 @@ def davis(tmp_path_factory):
 
 def test_davis_protocol_scores_the_ground_truth_one(davis, tmp_path):
     root, items = davis
-    result = evaluate.evaluate_davis(Oracle(items), str(root / "tfds"), str(root / "raw"), str(tmp_path / "pred"))
+    result = video_eval.evaluate_davis(Oracle(items), str(root / "tfds"), str(root / "raw"), str(tmp_path / "pred"))
     summary = result.summary()
     assert summary["JF"] == 1.0 and set(summary["sets"]) == {"0", "1", "2", "3"}
     videos = sorted({item.video_id for item in items})
     assert sorted(os.listdir(tmp_path / "pred" / "2")) == videos
     assert sorted(os.listdir(tmp_path / "pred" / "2" / videos[0])) == ["00000.png", "00001.png", "00002.png"]
     # Only expression set 3 (annotator 2, full video) of one object is wrong: only set 3 loses.
-    wrong = next(item for item in items if evaluate.davis_expression_set(item) == 3)
-    scores = evaluate.evaluate_davis(Oracle(items, [wrong.sentence]), str(root / "tfds"), str(root / "raw"),
+    wrong = next(item for item in items if video_eval.davis_expression_set(item) == 3)
+    scores = video_eval.evaluate_davis(Oracle(items, [wrong.sentence]), str(root / "tfds"), str(root / "raw"),
                                      str(tmp_path / "pred_wrong")).summary()["sets"]
     assert scores["3"]["JF"] < 1.0 and all(scores[a]["JF"] == 1.0 for a in ("0", "1", "2"))
 
@@ -266,10 +267,10 @@ def test_ytvos_heldout_scores_the_ground_truth_one_and_writes_it(ytvos, tmp_path
     from refsam_jax.evaluation.ref_ytvos import evaluate_ytvos_local
 
     root, heldout = ytvos
-    result = evaluate.evaluate_ytvos_heldout(Oracle(heldout), str(root / "tfds"), str(tmp_path / "pred"))
+    result = video_eval.evaluate_ytvos_heldout(Oracle(heldout), str(root / "tfds"), str(tmp_path / "pred"))
     assert result.summary()["JF"] == 1.0 and result.summary()["num_expressions"] == len(heldout)
     assert evaluate_ytvos_local(str(tmp_path / "pred"), str(root / "raw")).summary()["JF"] == 1.0
-    wrong = evaluate.evaluate_ytvos_heldout(Oracle(heldout, [heldout[0].sentence]), str(root / "tfds"),
+    wrong = video_eval.evaluate_ytvos_heldout(Oracle(heldout, [heldout[0].sentence]), str(root / "tfds"),
                                             str(tmp_path / "pred_wrong"))
     assert wrong.expressions[0].j < 1.0 and all(e.j == 1.0 for e in wrong.expressions[1:])
 
@@ -278,7 +279,7 @@ def test_ytvos_valid_submission_zip(ytvos, segmenter, tmp_path):
     from refsam_jax.evaluation.ref_ytvos import check_submission_zip
 
     root, _ = ytvos
-    report = evaluate.predict_ytvos_valid(segmenter, str(root / "tfds"), str(root / "raw"), str(tmp_path),
+    report = video_eval.predict_ytvos_valid(segmenter, str(root / "tfds"), str(root / "raw"), str(tmp_path),
                                           expected_num_videos=None)
     meta = root / "raw" / "meta_expressions"
     checked = check_submission_zip(str(tmp_path / "submission.zip"), str(meta / "valid" / "meta_expressions.json"),

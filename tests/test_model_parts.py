@@ -12,10 +12,10 @@ from flax import nnx
 from refsam_jax.model import config as model_config
 from refsam_jax.model.adapters import Adapter, LoRALinear
 from refsam_jax.model.cross_modal_mlp import CrossModalMLP, text_prompts
-from refsam_jax.text import masked_mean
 from refsam_jax.model.dense_attention import DenseAttention, HierarchicalDenseAttention
 from refsam_jax.model.tracking import QueryInteractionModule
-from convert.torch_to_nnx import load_torch_state_dict
+from refsam_jax.porting.torch_to_nnx import load_torch_state_dict
+from refsam_jax.text import masked_mean
 
 
 class TorchQIM(torch.nn.Module):

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from refsam_jax.model.adapters import AdapterOptions
+from refsam_jax.model.adapters import AdapterOptions, adapted_image_encoder
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.groups import GROUP_NAMES, param_groups
 from refsam_jax.model.refsam import build_refsam
 from refsam_jax.sam.build import SamCheckpointError, build_sam, save_sam
 from refsam_jax.sam.config import tiny_config
-from refsam_jax.sam.image_encoder import ImageEncoderViT
 
 TEXT_WIDTH, TEXT_LENGTH, NUM_FRAMES = 32, 6, 4
 
@@ -93,13 +92,14 @@ def test_zero_init_adapters_and_lora_equal_plain_sam(options):
     sam = tiny_sam()
     images = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
     plain = encoder_outputs(sam.image_encoder, images)
-    adapted = ImageEncoderViT(sam.config, nnx.Rngs(5), adapter=options)
+    adapted = adapted_image_encoder(sam.config, options, nnx.Rngs(5))
     nnx.update(adapted, nnx.state(sam.image_encoder))
     for got, expected in zip(encoder_outputs(adapted, images), plain):
         np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
     # The adapters are really there: a random D_fc2 / w_b changes the output.
     for block in adapted.blocks:
-        for linear in (getattr(block.Space_Adapter, "D_fc2", None), getattr(block.attn.proj, "w_b", None)):
+        for linear in (getattr(getattr(block, "Space_Adapter", None), "D_fc2", None),
+                       getattr(block.attn.proj, "w_b", None)):
             if linear is not None:
                 linear.kernel.set_value(jnp.full(linear.kernel.shape, 0.05))
     assert not np.allclose(encoder_outputs(adapted, images)[0], plain[0], atol=1e-4)

@@ -9,12 +9,11 @@ import pytest
 import torch
 from flax import nnx
 
-from convert.reference import import_segment_anything
-from convert.sam import sam_from_state_dict
-from convert.torch_to_nnx import load_torch_state_dict
-from refsam_jax.sam import SAM_CONFIGS, tiny_config
-from refsam_jax.sam import image_encoder
+from refsam_jax.porting.torch_to_nnx import load_torch_state_dict
+from refsam_jax.sam import SAM_CONFIGS, image_encoder, tiny_config
 from refsam_jax.sam.image_encoder import Block, ImageEncoderViT, get_rel_pos
+from refsam_jax.sam.params import sam_from_state_dict
+from refsam_jax.sam.torch_reference import import_segment_anything
 
 import_segment_anything()
 from segment_anything.modeling import image_encoder as torch_image_encoder  # noqa: E402

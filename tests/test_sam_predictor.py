@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from convert.reference import import_segment_anything
-from convert.sam import sam_from_state_dict
+
 from refsam_jax.sam import predictor as predictor_lib
 from refsam_jax.sam import tiny_config
+from refsam_jax.sam.params import sam_from_state_dict
 from refsam_jax.sam.predictor import SamPredictor
+from refsam_jax.sam.torch_reference import import_segment_anything
 
 segment_anything = import_segment_anything()
 

@@ -5,12 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from convert.reference import import_segment_anything
 from refsam_jax.sam import transforms
+from refsam_jax.sam.torch_reference import import_segment_anything
 
 segment_anything = import_segment_anything()
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam  # noqa: E402
-from segment_anything.modeling import TwoWayTransformer  # noqa: E402
+from segment_anything.modeling import (  # noqa: E402
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,  # noqa: E402
+)
 from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
 # (H, W) of the original images: non-square both ways, odd sizes, smaller and larger than the model.

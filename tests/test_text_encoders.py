@@ -10,11 +10,11 @@ import torch
 import transformers
 from flax import nnx
 
-from convert.text import encoder_keys
-from convert.torch_to_nnx import load_torch_state_dict
 from refsam_jax.configs.demo import MINILM
+from refsam_jax.porting.torch_to_nnx import load_torch_state_dict
 from refsam_jax.text import TextTokenizer, build_text_encoder, clean_caption, load_text_encoder, masked_mean
 from refsam_jax.text.encoder import abstract_text_encoder
+from refsam_jax.text.params import encoder_keys
 from refsam_jax.text.t5 import relative_position_bucket
 
 SENTENCES = [

@@ -5,7 +5,7 @@ import pytest
 import torch
 from flax import nnx
 
-from convert.torch_to_nnx import CheckpointMismatchError, load_torch_state_dict
+from refsam_jax.porting.torch_to_nnx import CheckpointMismatchError, load_torch_state_dict
 
 
 def _sd(module: torch.nn.Module):

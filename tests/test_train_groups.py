@@ -8,10 +8,10 @@ import optax
 import pytest
 from flax import nnx
 
+from refsam_jax import param_rules
 from refsam_jax.sam.common import Buffer
-from refsam_jax.train import groups as groups_lib
-from refsam_jax.train import losses
-from refsam_jax.train import loop
+from refsam_jax.train import loop, losses
+from refsam_jax.train import optimizer as optimizer_lib
 from refsam_jax.train import sharding as sharding_lib
 
 
@@ -36,21 +36,21 @@ def test_rules_assign_groups_first_match_wins_and_skip_buffers():
     model = Net(nnx.Rngs(0))
     rules = ((r"^dense\.kernel$", "decoder"), (r"^dense\.", "dense"), (r"^decoder\.", "decoder"),
              (r"^backbone\.1\.", "dense"), (r"^pe$", "dense"))
-    groups = groups_lib.assign_groups(model, rules[:4])
+    groups = param_rules.assign_groups(model, rules[:4])
     assert groups == {"dense.kernel": "decoder", "dense.bias": "dense", "decoder.kernel": "decoder",
                       "decoder.bias": "decoder", "backbone.1.kernel": "dense", "backbone.1.bias": "dense"}
     with pytest.raises(ValueError, match=r"\('\^pe\$', 'dense'\)\] match no parameter of Net"):
-        groups_lib.assign_groups(model, rules)  # Buffers never train.
+        param_rules.assign_groups(model, rules)  # Buffers never train.
     with pytest.raises(ValueError, match="invalid regex"):
-        groups_lib.assign_groups(model, [("(", "dense")])
+        param_rules.assign_groups(model, [("(", "dense")])
 
-    split = groups_lib.split_trainable(model, rules[1:3])
+    split = optimizer_lib.split_trainable(model, rules[1:3])
     assert split.group_names == ("decoder", "dense")
-    trainable = {groups_lib.path_to_str(p) for p, _ in nnx.to_flat_state(split.trainable)}
-    frozen = {groups_lib.path_to_str(p) for p, _ in nnx.to_flat_state(split.frozen)}
+    trainable = {param_rules.path_to_str(p) for p, _ in nnx.to_flat_state(split.trainable)}
+    frozen = {param_rules.path_to_str(p) for p, _ in nnx.to_flat_state(split.frozen)}
     assert trainable == {"dense.kernel", "dense.bias", "decoder.kernel", "decoder.bias"}
     assert "backbone_dense.kernel" in frozen and "pe" in frozen  # '^' keeps 'dense' from matching mid-path.
-    assert groups_lib.group_sizes(split.trainable, split.labels) == {"dense": 20, "decoder": 10}
+    assert optimizer_lib.group_sizes(split.trainable, split.labels) == {"dense": 20, "decoder": 10}
 
 
 def _run(optimizer, params, steps, grad=1.0):
@@ -67,37 +67,37 @@ def _run(optimizer, params, steps, grad=1.0):
 def test_optimizer_uses_each_groups_learning_rate_and_matches_adamw():
     params = {"a": jnp.ones((3,)), "b": jnp.ones((2,))}
     labels = {"a": "dense", "b": "decoder"}
-    optimizer, schedules = groups_lib.make_optimizer(optim_config(weight_decay=ml_collections.ConfigDict(
+    optimizer, schedules = optimizer_lib.make_optimizer(optim_config(weight_decay=ml_collections.ConfigDict(
         {"dense": 0.1, "decoder": 0.0})), labels, total_steps=10)
     history = _run(optimizer, params, 3)
     reference_a = _run(optax.adamw(1e-2, weight_decay=0.1), params["a"], 3)
     reference_b = _run(optax.adamw(1e-3, weight_decay=0.0), params["b"], 3)
     np.testing.assert_allclose(history[-1]["a"], reference_a[-1], rtol=1e-6)
     np.testing.assert_allclose(history[-1]["b"], reference_b[-1], rtol=1e-6)
-    assert groups_lib.learning_rates(schedules, 5, 1) == pytest.approx({"dense": 1e-2, "decoder": 1e-3})
+    assert optimizer_lib.learning_rates(schedules, 5, 1) == pytest.approx({"dense": 1e-2, "decoder": 1e-3})
 
     with pytest.raises(ValueError, match=r"\['tracking'\] have no entry"):
-        groups_lib.make_optimizer(optim_config(), {"a": "tracking"}, total_steps=10)
+        optimizer_lib.make_optimizer(optim_config(), {"a": "tracking"}, total_steps=10)
 
 
 def test_schedules_clipping_and_accumulation():
     optim = optim_config(schedule="warmup_cosine", warmup_steps=2, end_lr_factor=0.1)
-    _, schedules = groups_lib.make_optimizer(optim, {"a": "dense"}, total_steps=10)
-    lrs = [groups_lib.learning_rates(schedules, s, 1)["dense"] for s in (0, 1, 2, 10)]
+    _, schedules = optimizer_lib.make_optimizer(optim, {"a": "dense"}, total_steps=10)
+    lrs = [optimizer_lib.learning_rates(schedules, s, 1)["dense"] for s in (0, 1, 2, 10)]
     np.testing.assert_allclose(lrs, [0.0, 5e-3, 1e-2, 1e-3], rtol=1e-5)
     with pytest.raises(ValueError, match="optim.schedule must be"):
-        groups_lib.make_optimizer(optim_config(schedule="linear"), {"a": "dense"}, total_steps=10)
+        optimizer_lib.make_optimizer(optim_config(schedule="linear"), {"a": "dense"}, total_steps=10)
 
     params = {"a": jnp.zeros((4,))}
     grads = {"a": jnp.full((4,), 10.0)}  # Global norm 20.
     # With b1 = b2 = 0 and a large eps, Adam's update is about -lr * g / eps, so clipping shows in it.
     for clip, g in ((1.0, 0.5), (0.0, 10.0)):
-        optimizer, _ = groups_lib.make_optimizer(optim_config(clip_grad_norm=clip, b1=0.0, b2=0.0, eps=1e3),
+        optimizer, _ = optimizer_lib.make_optimizer(optim_config(clip_grad_norm=clip, b1=0.0, b2=0.0, eps=1e3),
                                                  {"a": "dense"}, total_steps=10)
         updates, _ = optimizer.update(grads, optimizer.init(params), params)
         np.testing.assert_allclose(updates["a"], np.full(4, -1e-2 * g / (g + 1e3)), rtol=1e-5)
 
-    accumulated, _ = groups_lib.make_optimizer(optim_config(accumulate_steps=2), {"a": "dense"}, total_steps=10)
+    accumulated, _ = optimizer_lib.make_optimizer(optim_config(accumulate_steps=2), {"a": "dense"}, total_steps=10)
     history = _run(accumulated, params, 4)
     np.testing.assert_array_equal(history[0]["a"], params["a"])  # No update after the first micro-batch.
     assert not np.allclose(history[1]["a"], params["a"])

@@ -20,14 +20,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from refsam_jax import checkpoint as checkpoint_lib
+from refsam_jax import param_rules
 from refsam_jax.sam.common import Buffer
-from refsam_jax.train import checkpoint as checkpoint_lib
-from refsam_jax.train import groups as groups_lib
-from refsam_jax.train import loop
-from refsam_jax.train import losses
-from refsam_jax.train import metrics_writer
+from refsam_jax.train import loop, losses, metrics_writer, sweep
+from refsam_jax.train import optimizer as optimizer_lib
 from refsam_jax.train import step as step_lib
-from refsam_jax.train import sweep
 
 TEXT_WIDTH, TEXT_LENGTH = 4, 5
 TOY_RULES = ((r"^(head|text_proj)\.", "head"), (r"^tracking", "tracking"))
@@ -114,44 +112,43 @@ TRACES = []
 PRETRAINED_LOADS = []
 
 
-def build_toy_task(config, workdir) -> loop.Task:
-    toy = config.toy
+class ToyTask(loop.Task):
+    def __init__(self, config, workdir):
+        self.config, self.toy = config, config.toy
+        self.model_config = {"width": self.toy.width}
+        self.global_batch_size, self.frames_per_clip = self.toy.batch, self.toy.frames
+        self.batches_seen = 0
 
-    def loss_fn(model, batch):
+    def build_model(self):
+        return ToyTracker(self.toy.width, nnx.Rngs(self.config.seed))
+
+    def loss_fn(self, model, batch):
         TRACES.append(1)
         logits = model(batch["frames"], batch["text_features"], batch["text_mask"])
         return losses.refsam_loss(logits, batch["masks"], batch["image_size"])
 
-    def make_train_iterator(shard_index, shard_count):
-        dataset = (grain.MapDataset.source(ToyClips(toy.size, toy.frames)).shuffle(seed=config.seed).repeat()
+    def train_iterator(self, shard_index, shard_count):
+        toy = self.toy
+        dataset = (grain.MapDataset.source(ToyClips(toy.size, toy.frames)).shuffle(seed=self.config.seed).repeat()
                    [shard_index::shard_count].batch(toy.batch // shard_count, drop_remainder=True))
         return iter(dataset.to_iter_dataset())
 
-    batches_seen = []
-
-    def prepare_batch(batch):
-        batches_seen.append(1)
-        if toy.interrupt_after >= 0 and len(batches_seen) > toy.interrupt_after:
-            raise Interrupted(f"stopped before batch {len(batches_seen)}")
+    def prepare_batch(self, batch):
+        self.batches_seen += 1
+        if self.toy.interrupt_after >= 0 and self.batches_seen > self.toy.interrupt_after:
+            raise Interrupted(f"stopped before batch {self.batches_seen}")
         return batch
 
-    def load_pretrained(model):
+    def load_pretrained(self, model):
         """Stands for a converted backbone: frozen values the run's checkpoints do not hold."""
         PRETRAINED_LOADS.append(1)
-        model.feature_scale[...] = jnp.linspace(0.5, 1.5, toy.width)
+        model.feature_scale[...] = jnp.linspace(0.5, 1.5, self.toy.width)
 
-    def evaluate(model):
-        clips = ToyClips(toy.size, toy.frames, count=1004)
+    def evaluate(self, model):
+        clips = ToyClips(self.toy.size, self.toy.frames, count=1004)
         batch = {k: np.stack([clips[i][k] for i in range(1000, 1004)]) for k in clips[0]}
         logits = model(batch["frames"], batch["text_features"], batch["text_mask"])
         return {"loss": float(losses.refsam_loss(logits, batch["masks"], batch["image_size"])[0])}
-
-    return loop.Task(
-        build_model=lambda: ToyTracker(toy.width, nnx.Rngs(config.seed)),
-        evaluate=evaluate,
-        load_pretrained=load_pretrained,
-        loss_fn=loss_fn, make_train_iterator=make_train_iterator, model_config={"width": toy.width},
-        global_batch_size=toy.batch, frames_per_clip=toy.frames, prepare_batch=prepare_batch)
 
 
 RUN_OVERRIDES = {"total_steps": 5, "checkpoint_every": 1, "optim.schedule": "warmup_cosine",
@@ -170,14 +167,14 @@ def reference_run(tmp_path_factory):
         from refsam_jax.train import loop
         assert jax.device_count() == 8
         config = t.toy_config(**dict(t.RUN_OVERRIDES, checkpoint_every=100, **{{"mesh.data": 4, "mesh.fsdp": 2}}))
-        summary = loop.train(config, {str(root / "eight")!r}, t.build_toy_task)
+        summary = loop.train(config, {str(root / "eight")!r}, t.ToyTask)
         print("LOSSES", json.dumps(summary.losses))
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     eight_devices = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
     TRACES.clear()
-    summary = loop.train(toy_config(**RUN_OVERRIDES), str(root / "one"), build_toy_task)
+    summary = loop.train(toy_config(**RUN_OVERRIDES), str(root / "one"), ToyTask)
     traces = len(TRACES)
     stdout, stderr = eight_devices.communicate(timeout=600)
     return {"workdir": root / "one", "summary": summary, "traces": traces,
@@ -196,21 +193,21 @@ def test_eight_device_mesh_matches_one_device(reference_run):
 
 def _toy_split(config):
     model = ToyTracker(config.toy.width, nnx.Rngs(0))
-    return groups_lib.split_trainable(model, config.trainable)
+    return optimizer_lib.split_trainable(model, config.trainable)
 
 
 def test_step_trains_groups_and_leaves_frozen_state_bit_identical():
     config = toy_config()
     split = _toy_split(config)
-    optimizer, _ = groups_lib.make_optimizer(config.optim, split.labels, config.total_steps)
+    optimizer, _ = optimizer_lib.make_optimizer(config.optim, split.labels, config.total_steps)
     frozen = {"model": split.frozen}
     frozen_before = jax.tree.map(np.array, frozen)
     trainable_before = jax.tree.map(np.array, split.trainable)
     train_step = jax.jit(step_lib.make_train_step(split.graphdef, split.labels, optimizer,
-                                                  build_toy_task(config, None).loss_fn), donate_argnums=(0, 2))
-    batch = {k: jnp.asarray(v) for k, v in next(build_toy_task(config, None).make_train_iterator(0, 1)).items()}
+                                                  ToyTask(config, None).loss_fn), donate_argnums=(0, 2))
+    batch = {k: jnp.asarray(v) for k, v in next(ToyTask(config, None).train_iterator(0, 1)).items()}
     trainable, opt_state = split.trainable, optimizer.init(split.trainable)
-    opt_bytes, trainable_bytes = groups_lib.tree_bytes(opt_state), groups_lib.tree_bytes(trainable)
+    opt_bytes, trainable_bytes = optimizer_lib.tree_bytes(opt_state), optimizer_lib.tree_bytes(trainable)
     for _ in range(3):
         trainable, opt_state, metrics = train_step(trainable, frozen, opt_state, batch)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, frozen), frozen_before)
@@ -218,7 +215,7 @@ def test_step_trains_groups_and_leaves_frozen_state_bit_identical():
     assert all(jax.tree.leaves(changed))
     assert set(metrics) >= {"loss", "dice", "focal", "grad_norm/all", "grad_norm/head", "grad_norm/tracking"}
     assert float(metrics["grad_norm/tracking"]) > 0  # Gradients reach the recurrent layer through the scan.
-    frozen_paths = {groups_lib.path_to_str(p) for p, _ in nnx.to_flat_state(split.frozen)}
+    frozen_paths = {param_rules.path_to_str(p) for p, _ in nnx.to_flat_state(split.frozen)}
     assert frozen_paths == {"encoder.kernel", "encoder.bias", "feature_scale", "out.kernel", "out.bias"}
     assert opt_bytes <= 2.1 * trainable_bytes, (opt_bytes, trainable_bytes)
 
@@ -226,12 +223,12 @@ def test_step_trains_groups_and_leaves_frozen_state_bit_identical():
 def test_bfloat16_compute_keeps_float32_master_weights():
     config = toy_config()
     split = _toy_split(config)
-    optimizer, _ = groups_lib.make_optimizer(config.optim, split.labels, config.total_steps)
-    batch = {k: jnp.asarray(v) for k, v in next(build_toy_task(config, None).make_train_iterator(0, 1)).items()}
+    optimizer, _ = optimizer_lib.make_optimizer(config.optim, split.labels, config.total_steps)
+    batch = {k: jnp.asarray(v) for k, v in next(ToyTask(config, None).train_iterator(0, 1)).items()}
     losses_by_dtype = {}
     for dtype in (jnp.float32, jnp.bfloat16):
         train_step = jax.jit(step_lib.make_train_step(split.graphdef, split.labels, optimizer,
-                                                      build_toy_task(config, None).loss_fn, compute_dtype=dtype))
+                                                      ToyTask(config, None).loss_fn, compute_dtype=dtype))
         frozen = step_lib.cast_floating({"model": split.frozen}, dtype)
         trainable, _, metrics = train_step(split.trainable, frozen, optimizer.init(split.trainable), batch)
         assert {leaf.dtype for leaf in jax.tree.leaves(trainable)} == {jnp.dtype(jnp.float32)}
@@ -242,8 +239,8 @@ def test_bfloat16_compute_keeps_float32_master_weights():
 
 def test_stop_and_resume_gives_the_uninterrupted_losses(reference_run, tmp_path):
     with pytest.raises(Interrupted):
-        loop.train(toy_config(**RUN_OVERRIDES, **{"toy.interrupt_after": 2}), str(tmp_path), build_toy_task)
-    resumed = loop.train(toy_config(**RUN_OVERRIDES), str(tmp_path), build_toy_task)
+        loop.train(toy_config(**RUN_OVERRIDES, **{"toy.interrupt_after": 2}), str(tmp_path), ToyTask)
+    resumed = loop.train(toy_config(**RUN_OVERRIDES), str(tmp_path), ToyTask)
     assert resumed.resumed_from == 2
     assert sorted(resumed.losses) == [3, 4, 5]
     uninterrupted = reference_run["summary"].losses
@@ -275,30 +272,30 @@ def test_nan_loss_stops_with_the_step_number(tmp_path):
     config = toy_config(total_steps=3)
     config.optim.lr.head = float("nan")
     with pytest.raises(FloatingPointError, match="at step 2"):
-        loop.train(config, str(tmp_path), build_toy_task)
+        loop.train(config, str(tmp_path), ToyTask)
 
 
 def test_bad_input_fails_before_any_compute(reference_run, tmp_path):
     PRETRAINED_LOADS.clear()
     config = toy_config(trainable=TOY_RULES + ((r"^decoder\\.", "decoder"),))
     with pytest.raises(ValueError, match=r"decoder.*match no parameter"):
-        loop.train(config, str(tmp_path / "rules"), build_toy_task)
+        loop.train(config, str(tmp_path / "rules"), ToyTask)
 
     config = toy_config()
     del config.optim.lr["tracking"]
     with pytest.raises(ValueError, match=r"\['tracking'\] have no entry in optim.lr"):
-        loop.train(config, str(tmp_path / "lr"), build_toy_task)
+        loop.train(config, str(tmp_path / "lr"), ToyTask)
 
     with pytest.raises(checkpoint_lib.CheckpointMismatchError, match="width: 8 in the checkpoint, 16 now"):
-        loop.train(toy_config(**RUN_OVERRIDES, **{"toy.width": 16}), str(reference_run["workdir"]), build_toy_task)
+        loop.train(toy_config(**RUN_OVERRIDES, **{"toy.width": 16}), str(reference_run["workdir"]), ToyTask)
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(PermissionError, match="is not writable"):
-        loop.train(toy_config(), str(blocker / "workdir"), build_toy_task)
+        loop.train(toy_config(), str(blocker / "workdir"), ToyTask)
 
     with pytest.raises(ValueError, match="1 devices are not divisible by 2"):
-        loop.train(toy_config(**{"mesh.fsdp": 2}), str(tmp_path / "mesh"), build_toy_task)
+        loop.train(toy_config(**{"mesh.fsdp": 2}), str(tmp_path / "mesh"), ToyTask)
     assert not PRETRAINED_LOADS
 
 

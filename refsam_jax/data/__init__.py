@@ -2,7 +2,7 @@
 sources and a synthetic-data writer for Ref-YouTube-VOS, Ref-DAVIS17 and RefCOCO/+/g.
 
   builders/     raw layout -> array_record records (`build`, `open_split`)
-  pipeline.py   `make_train_loader`, `default_data_config`, `prepare`
+  pipeline.py   `make_train_loader`, `default_data_config`, `prepare`, `write_synthetic_data`
   eval_source   `iterate_eval_videos`
   sampling.py, augment.py   clip sampling and augmentation
   synthetic.py  raw layouts of moving coloured shapes, for tests and the demo
@@ -11,6 +11,7 @@ Build from the command line: `python -m refsam_jax.data --help`.
 """
 
 from refsam_jax.data.eval_source import EvalExpression, iterate_eval_videos
-from refsam_jax.data.pipeline import default_data_config, make_train_loader, prepare
+from refsam_jax.data.pipeline import default_data_config, make_train_loader, prepare, write_synthetic_data
 
-__all__ = ["EvalExpression", "default_data_config", "iterate_eval_videos", "make_train_loader", "prepare"]
+__all__ = ["EvalExpression", "default_data_config", "iterate_eval_videos", "make_train_loader", "prepare",
+           "write_synthetic_data"]

@@ -44,19 +44,20 @@ Batch (numpy, static shapes; B = batch_size // shard_count):
 """
 
 import bisect
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import grain
 import jax
-from absl import flags
 import ml_collections
 import numpy as np
+from absl import flags
 
 from refsam_jax.data import augment as augment_lib
-from refsam_jax.data import builders
-from refsam_jax.data import sampling
+from refsam_jax.data import builders, sampling, synthetic
 from refsam_jax.data.builders.common import decode_label_map, decode_rgb, decode_text
-from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD
+from refsam_jax.sam import transforms
+from refsam_jax.text.tokenizer import clean_caption
 
 _VIDEO_BUILDERS = ("ref_youtube_vos", "ref_davis17")
 
@@ -141,6 +142,20 @@ def prepare(config) -> Dict[str, Dict[str, int]]:
     return skipped
 
 
+def write_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes the synthetic Ref-YouTube-VOS of `config.synthetic` to `<workdir>/data/raw` (unless there) and
+    builds it into `<workdir>/data/tfds`; points `config.data.manual_dir` / `data_dir` at them."""
+    raw = os.path.join(workdir, "data", "raw")
+    if not os.path.exists(os.path.join(raw, "meta_expressions")):
+        options = config.synthetic
+        synthetic.write_ref_youtube_vos(raw, num_videos=options.num_videos, num_frames=options.num_frames,
+                                        size=tuple(options.frame_size), seed=options.seed)
+    with config.unlocked():
+        config.data.manual_dir = raw
+        config.data.data_dir = os.path.join(workdir, "data", "tfds")
+    prepare(config)
+
+
 class RecordSource:
     """The records of `split` of one or more built datasets, concatenated (grain random-access source)."""
 
@@ -165,32 +180,14 @@ class RecordSource:
         return f"RecordSource(names={self.names}, num_records={len(self)})"
 
 
-def clean_sentence(sentence: str) -> str:
-    """RefSAM/ReferFormer text normalisation: lower case, single spaces."""
-    return " ".join(sentence.lower().split())
-
-
 def normalize_and_pad(frames: Sequence[np.ndarray], size: int, colour_ops: Optional[Sequence] = None) -> np.ndarray:
     """T uint8 `[h, w, 3]` -> float32 `[T, S, S, 3]`: SAM's (x - mean) / std, zeros bottom/right.
 
     `colour_ops`: per frame, the colour jitter ops (augment.jitter_colour) applied first.
     """
-    h, w = frames[0].shape[:2]
-    if h > size or w > size:
-        raise ValueError(f"image of size {(h, w)} is larger than the model input {size}")
-    out = np.empty((len(frames), size, size, 3), dtype=np.float32)
-    out[:, h:] = 0.0
-    out[:, :h, w:] = 0.0
-    mean, inv_std = np.asarray(PIXEL_MEAN, np.float32), 1.0 / np.asarray(PIXEL_STD, np.float32)
-    for t, frame in enumerate(frames):
-        content = out[t, :h, :w]
-        if colour_ops is not None and colour_ops[t]:
-            augment_lib.jitter_colour(frame, colour_ops[t], out=content)
-            content -= mean
-        else:
-            np.subtract(frame, mean, out=content, dtype=np.float32)
-        content *= inv_std
-    return out
+    floats = np.stack([augment_lib.jitter_colour(frame, colour_ops[t]) if colour_ops is not None and colour_ops[t]
+                       else frame.astype(np.float32) for t, frame in enumerate(frames)])
+    return transforms.normalize_and_pad(floats, size)
 
 
 class ClipTransform(grain.transforms.RandomMap):
@@ -260,7 +257,7 @@ class ClipTransform(grain.transforms.RandomMap):
         size = int(self._data.image_size)
         aug = augment_lib.sample_clip_augment(rng, masks, self._data.augment) if self._data.augment.enabled else None
         frames, masks, (h, w) = augment_lib.resize_clip(frames, masks, size, aug)
-        sentence = clean_sentence(sentence)
+        sentence = clean_caption(sentence)
         if aug is not None and aug.flip:
             sentence = augment_lib.swap_left_right(sentence)
         input_ids, text_mask = self._tokenizer([sentence])

@@ -14,8 +14,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from refsam_jax.evaluation import EvaluationInputError, describe_paths
-from refsam_jax.evaluation import ref_davis, ref_ytvos, refcoco
+from refsam_jax.evaluation import EvaluationInputError, describe_paths, ref_davis, ref_ytvos, refcoco
 
 
 def _report_missing(missing: List[str]) -> None:

@@ -22,9 +22,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from refsam_jax.evaluation import (EvaluationInputError, binary_mask_image, describe_paths, read_mask_png,
-                                   require_files)
-from refsam_jax.evaluation import save_binary_mask_png  # noqa: F401  (the writer inference uses)
+from refsam_jax.evaluation import (
+    EvaluationInputError,
+    binary_mask_image,
+    describe_paths,
+    read_mask_png,
+    require_files,
+    save_binary_mask_png,  # noqa: F401  (the writer inference uses)
+)
 from refsam_jax.evaluation.metrics import DEFAULT_BOUND_TH, boundary_f, jaccard
 
 NUM_VALID_VIDEOS = 202

@@ -8,19 +8,24 @@ makes an adapter block equal the plain SAM block at init. Both are available (`z
 LoRA (spec §3.3, official `_LoRALayer`): `proj(x) + w_b(w_a(x))` with `w_a` Kaiming-uniform(a=sqrt(5)),
 `w_b` zeros, no bias and no alpha/r scaling. `LoRALinear` *is* an `nnx.Linear` (same `kernel`/`bias`
 paths), so a plain SAM state loads into it unchanged and only `w_a`/`w_b` are new.
+
+SAM knows nothing of this: `adapted_image_encoder` builds SAM's encoder with a block hook that, right after
+each block is built, swaps `attn.proj` for a `LoRALinear` and replaces the block by an `AdaptedBlock` that
+takes over its layers (parameter surgery at construction; doing it then rather than on a finished encoder
+keeps the random draws, and so the initial adapter weights for a seed, those of one pass over the blocks).
+Every SAM parameter keeps its path, so a plain SAM state loads with `nnx.update`.
 """
 
 import dataclasses
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Exact (erf) GELU as SAM's. Defined here rather than imported from `refsam_jax.sam`, whose image encoder
-# imports this module.
-gelu = functools.partial(jax.nn.gelu, approximate=False)
+from refsam_jax.sam.common import gelu
+from refsam_jax.sam.config import SamConfig
+from refsam_jax.sam.image_encoder import Block, ImageEncoderViT
 
 
 def torch_default_init(in_features: int, zero: bool = False):
@@ -83,6 +88,32 @@ class Adapter(nnx.Module):
         return x + branch if self.skip_connect else branch
 
 
+class AdaptedBlock(Block):
+    """A SAM ViT block with AIM adapters (spec §3.2, official `Block`), over the layers of `block`:
+
+        a  = Space_Adapter(attn(norm1(x)))           per window: a + D_fc2(GELU(D_fc1(a)))
+        x1 = x + a
+        x2 = x1 + mlp(norm2(x1)) + mlp_scale * MLP_Adapter(norm2(x1))
+    """
+
+    def __init__(self, block: Block, options: AdapterOptions, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        # Takes over the block's layers (same paths) instead of building new ones.
+        self.norm1, self.attn, self.norm2, self.mlp = block.norm1, block.attn, block.norm2, block.mlp
+        self.window_size, self.remat = block.window_size, block.remat
+        dim = block.norm1.num_features
+        self.Space_Adapter = Adapter(dim, ratio=options.ratio, zero_init=options.zero_init, dtype=dtype, rngs=rngs)
+        self.MLP_Adapter = Adapter(dim, ratio=options.ratio, skip_connect=False, zero_init=options.zero_init,
+                                   dtype=dtype, rngs=rngs)
+        self.scale = options.mlp_scale
+
+    def attention(self, x: jax.Array) -> jax.Array:
+        return self.Space_Adapter(self.attn(x))
+
+    def mlp_residual(self, x: jax.Array) -> jax.Array:
+        normed = self.norm2(x)
+        return x + self.mlp(normed) + self.scale * self.MLP_Adapter(normed)
+
+
 class LoRALinear(nnx.Linear):
     """`nnx.Linear` (as `sam.common.linear`: matmul in `dtype`, float32 out) plus a low-rank update:
     `x W + b + w_b(w_a(x))`, `w_a` random, `w_b` zeros."""
@@ -94,3 +125,24 @@ class LoRALinear(nnx.Linear):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return super().__call__(x) + self.w_b(self.w_a(x))
+
+
+def adapted_image_encoder(config: SamConfig, options: AdapterOptions, rngs: nnx.Rngs, *,
+                          dtype=jnp.float32) -> ImageEncoderViT:
+    """SAM's image encoder with the adapters and LoRA of `options` (see the module docstring). Blocks holding
+    trainable parameters are rematerialised in the backward pass (`options.remat`), as the official code
+    checkpoints their attention and MLP; frozen blocks store nothing for it anyway."""
+    depth = config.encoder_depth
+
+    def adapt(index: int, block: Block, block_rngs: nnx.Rngs) -> Block:
+        if options.lora_rank:
+            proj = block.attn.proj
+            lora = LoRALinear(proj.in_features, proj.out_features, options.lora_rank, dtype=dtype, rngs=block_rngs)
+            lora.kernel, lora.bias = proj.kernel, proj.bias
+            block.attn.proj = lora
+        if options.has_adapter(index, depth):
+            block = AdaptedBlock(block, options, dtype=dtype, rngs=block_rngs)
+        block.remat = options.remat and options.is_trainable(index, depth)
+        return block
+
+    return ImageEncoderViT(config, rngs, dtype=dtype, block_hook=adapt)

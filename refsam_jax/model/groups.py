@@ -1,17 +1,17 @@
-"""Which RefSAM parameters are trained, and in which optimiser group: regex rules over parameter paths.
+"""Which RefSAM parameters train, and in which optimiser group: the paper's rules over parameter paths.
 
-A parameter path is the NNX path joined by dots, e.g. `sam.image_encoder.blocks.7.Space_Adapter.D_fc2.kernel`.
-The first matching rule names the group; parameters that match no rule are frozen (SAM's ViT, neck and
-prompt encoder). The training code builds its `optax.multi_transform` labels from these rules.
+The first matching rule names the group (`refsam_jax.param_rules`); parameters that match no rule are
+frozen (SAM's ViT, neck and prompt encoder). The training code builds its `optax.multi_transform` labels
+from these rules.
 """
 
-import re
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
-import numpy as np
+import ml_collections
 from flax import nnx
 
-FROZEN = "frozen"
+from refsam_jax import param_rules
+from refsam_jax.param_rules import FROZEN, Rules  # noqa: F401  (FROZEN: the group of untrained parameters)
 
 TRAINABLE_GROUPS: Tuple[Tuple[str, str], ...] = (
     (r"^sam\.image_encoder\.blocks\.\d+\.(Space_Adapter|MLP_Adapter)\.", "adapter"),
@@ -25,31 +25,26 @@ TRAINABLE_GROUPS: Tuple[Tuple[str, str], ...] = (
 GROUP_NAMES = tuple(dict.fromkeys(group for _, group in TRAINABLE_GROUPS))
 
 
-def path_string(path: Iterable) -> str:
-    """An NNX state path (tuple of keys) as a dotted string."""
-    return ".".join(str(p) for p in path)
+def trainable_rules(model_config: ml_collections.ConfigDict) -> Tuple[Tuple[str, str], ...]:
+    """The (regex, group) rules for the groups this model config has parameters for."""
+    present = {"mlp", "mask_decoder"}
+    if model_config.adapter.placement != "none":
+        present.add("adapter")
+    if model_config.lora.rank > 0:
+        present.add("lora")
+    if model_config.dense.mode in ("da", "hda"):
+        present.add("dense")
+    if model_config.tracking.enabled:
+        present.add("tracking")
+    return tuple((regex, group) for regex, group in TRAINABLE_GROUPS if group in present)
 
 
-def group_of(path: str, rules: Sequence[Tuple[str, str]] = TRAINABLE_GROUPS) -> str:
-    """The group of a dotted parameter path, or FROZEN."""
-    for pattern, group in rules:
-        if re.search(pattern, path):
-            return group
-    return FROZEN
+def param_groups(model: nnx.Module, rules: Rules = TRAINABLE_GROUPS) -> Dict[str, str]:
+    """Dotted path -> group (or FROZEN) for every `nnx.Param` of `model`."""
+    return param_rules.param_groups(model, rules)
 
 
-def param_groups(model: nnx.Module, rules: Sequence[Tuple[str, str]] = TRAINABLE_GROUPS) -> Dict[str, str]:
-    """Dotted path -> group for every `nnx.Param` of `model`."""
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    return {path_string(path): group_of(path_string(path), rules) for path, _ in flat}
-
-
-def count_by_group(model: nnx.Module, rules: Sequence[Tuple[str, str]] = TRAINABLE_GROUPS,
+def count_by_group(model: nnx.Module, rules: Rules = TRAINABLE_GROUPS,
                    groups: Optional[Sequence[str]] = None) -> Dict[str, int]:
     """Number of parameters per group (FROZEN included); works on abstract models from `nnx.eval_shape`."""
-    counts = {group: 0 for group in (groups or GROUP_NAMES)}
-    counts.setdefault(FROZEN, 0)
-    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        group = group_of(path_string(path), rules)
-        counts[group] = counts.get(group, 0) + int(np.prod(variable.shape))
-    return counts
+    return param_rules.count_by_group(model, rules, groups or GROUP_NAMES)

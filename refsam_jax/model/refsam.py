@@ -29,14 +29,13 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from refsam_jax.model.adapters import AdapterOptions
+from refsam_jax.model.adapters import AdapterOptions, adapted_image_encoder
 from refsam_jax.model.config import validate_model_config
 from refsam_jax.model.cross_modal_mlp import CrossModalMLP, l2_normalize, text_prompts
 from refsam_jax.model.dense_attention import DenseAttention, HierarchicalDenseAttention
 from refsam_jax.model.tracking import ImplicitTrackingModule
 from refsam_jax.sam.build import build_sam, load_sam
 from refsam_jax.sam.config import SAM_CONFIGS, SamConfig, tiny_config
-from refsam_jax.sam.image_encoder import ImageEncoderViT
 from refsam_jax.sam.model import Sam
 
 TrackState = Tuple[jax.Array, jax.Array]  # (track token [B, C], has_token [B] bool)
@@ -192,7 +191,7 @@ def build_refsam(config: ml_collections.ConfigDict, *, sam: Optional[Sam] = None
     options = adapter_options(config)
     rngs = nnx.Rngs(seed + 1)
     if options.placement != "none" or options.lora_rank > 0:
-        encoder = ImageEncoderViT(sam.config, rngs, dtype=sam.image_encoder.dtype, adapter=options)
+        encoder = adapted_image_encoder(sam.config, options, rngs, dtype=sam.image_encoder.dtype)
         nnx.update(encoder, nnx.state(sam.image_encoder))
         sam.image_encoder = encoder
     return RefSAM(config, sam, config.text.width, rngs=rngs)

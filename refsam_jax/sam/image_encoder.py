@@ -6,23 +6,20 @@ Channels-last throughout: images `[B, S, S, 3]`, token grids `[B, H, W, C]`. Att
 `dtype` is the compute dtype of the matmuls and convolutions (e.g. bfloat16 for speed); parameters, the
 residual stream, LayerNorm and softmax stay float32.
 
-RefSAM's parameter-efficient tuning (`refsam_jax.model.adapters`, spec §3.2-3.3) is built in when an
-`AdapterOptions` is given: blocks chosen by its placement get `Space_Adapter` (after attention, per window,
-pad tokens included) and `MLP_Adapter` (scaled, parallel to the MLP), and with `lora_rank > 0` every block's
-`attn.proj` is a `LoRALinear`. Adapted blocks keep every SAM parameter path, so a plain SAM state loads into
-them with `nnx.update` and only the new parameters keep their initialisation. Without options (the default)
-this is plain SAM.
+This is plain SAM. Models built on it change blocks from outside: `ImageEncoderViT(..., block_hook=f)` hands
+each block to `f(index, block, rngs)` right after building it and keeps what `f` returns (e.g. RefSAM's
+adapters, `refsam_jax.model.adapters`, which override `Block.attention` / `Block.mlp_residual`). A block whose
+`remat` is True is rematerialised in the backward pass.
 """
 
 import functools
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from refsam_jax.model.adapters import Adapter, AdapterOptions, LoRALinear
 from refsam_jax.sam.common import MLPBlock, gelu, layer_norm, linear, matmul
 from refsam_jax.sam.config import SamConfig
 
@@ -81,13 +78,12 @@ class Attention(nnx.Module):
     """Multi-head self-attention over a token grid with decomposed relative position embeddings."""
 
     def __init__(self, dim: int, num_heads: int, input_size: Tuple[int, int], rngs: nnx.Rngs,
-                 dtype=jnp.float32, lora_rank: int = 0):
+                 dtype=jnp.float32):
         self.num_heads = num_heads
         head_dim = dim // num_heads
         self.scale = head_dim ** -0.5
         self.qkv = linear(dim, 3 * dim, rngs, dtype)
-        self.proj = (LoRALinear(dim, dim, lora_rank, dtype=dtype, rngs=rngs) if lora_rank
-                     else linear(dim, dim, rngs, dtype))
+        self.proj = linear(dim, dim, rngs, dtype)
         self.dtype = dtype
         self.rel_pos_h = nnx.Param(jnp.zeros((2 * input_size[0] - 1, head_dim)))
         self.rel_pos_w = nnx.Param(jnp.zeros((2 * input_size[1] - 1, head_dim)))
@@ -129,30 +125,30 @@ class Attention(nnx.Module):
 class Block(nnx.Module):
     """Pre-norm transformer block; windowed attention when `window_size > 0`, global otherwise.
 
-    With `adapter` options (spec §3.2, official `Block`):
-        a  = Space_Adapter(attn(norm1(x)))           per window: a + D_fc2(GELU(D_fc1(a)))
-        x1 = x + a
-        x2 = x1 + mlp(norm2(x1)) + mlp_scale * MLP_Adapter(norm2(x1))
-    `lora_rank > 0` adds LoRA to `attn.proj` (with or without the adapters).
+        x1 = x + attention(norm1(x))        per window (pad tokens included), then un-partitioned
+        x2 = mlp_residual(x1) = x1 + mlp(norm2(x1))
+
+    `attention` and `mlp_residual` are the extension points for adapted blocks; `remat` (False here) asks
+    the encoder to rematerialise the block in the backward pass.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window_size: int,
-                 input_size: Tuple[int, int], rngs: nnx.Rngs, dtype=jnp.float32,
-                 adapter: Optional[AdapterOptions] = None, lora_rank: int = 0):
+                 input_size: Tuple[int, int], rngs: nnx.Rngs, dtype=jnp.float32):
         self.norm1 = layer_norm(dim, LAYER_NORM_EPS, rngs)
         attn_size = input_size if window_size == 0 else (window_size, window_size)
-        self.attn = Attention(dim, num_heads, attn_size, rngs, dtype, lora_rank)
+        self.attn = Attention(dim, num_heads, attn_size, rngs, dtype)
         self.norm2 = layer_norm(dim, LAYER_NORM_EPS, rngs)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), gelu, rngs, dtype)
         self.window_size = window_size
-        if adapter is None:
-            self.Space_Adapter = self.MLP_Adapter = None
-        else:
-            self.Space_Adapter = Adapter(dim, ratio=adapter.ratio, zero_init=adapter.zero_init, dtype=dtype,
-                                         rngs=rngs)
-            self.MLP_Adapter = Adapter(dim, ratio=adapter.ratio, skip_connect=False, zero_init=adapter.zero_init,
-                                       dtype=dtype, rngs=rngs)
-            self.scale = adapter.mlp_scale
+        self.remat = False
+
+    def attention(self, x: jax.Array) -> jax.Array:
+        """Attention within windows `[B', w, w, C]` (or the whole grid)."""
+        return self.attn(x)
+
+    def mlp_residual(self, x: jax.Array) -> jax.Array:
+        """`x + mlp(norm2(x))` on tokens `[B, H, W, C]`."""
+        return x + self.mlp(self.norm2(x))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C] -> [B, H, W, C]`."""
@@ -161,16 +157,13 @@ class Block(nnx.Module):
         if self.window_size > 0:
             hw = x.shape[1:3]
             x, pad_hw = window_partition(x, self.window_size)
-        x = self.attn(x)
-        if self.Space_Adapter is not None:
-            x = self.Space_Adapter(x)
+        x = self.attention(x)
         if self.window_size > 0:
             x = window_unpartition(x, self.window_size, pad_hw, hw)
-        x = shortcut + x
-        normed = self.norm2(x)
-        if self.MLP_Adapter is None:
-            return x + self.mlp(normed)
-        return x + self.mlp(normed) + self.scale * self.MLP_Adapter(normed)
+        return self.mlp_residual(shortcut + x)
+
+
+BlockHook = Callable[[int, Block, nnx.Rngs], Block]
 
 
 class PatchEmbed(nnx.Module):
@@ -188,22 +181,17 @@ class ImageEncoderViT(nnx.Module):
     """SAM's image encoder: `[B, S, S, 3]` normalised image -> `[B, g, g, prompt_embed_dim]` embedding."""
 
     def __init__(self, config: SamConfig, rngs: nnx.Rngs, *, dtype=jnp.float32,
-                 adapter: Optional[AdapterOptions] = None):
+                 block_hook: Optional[BlockHook] = None):
         dim, grid, depth = config.encoder_embed_dim, config.image_embedding_size, config.encoder_depth
         self.dtype = dtype
         self.patch_embed = PatchEmbed(config.patch_size, dim, rngs, dtype)
         self.pos_embed = nnx.Param(jnp.zeros((1, grid, grid, dim)))
-        self.blocks = nnx.List([
-            Block(dim, config.encoder_num_heads, config.mlp_ratio,
-                  0 if i in config.encoder_global_attn_indexes else config.window_size, (grid, grid), rngs, dtype,
-                  adapter=adapter if adapter is not None and adapter.has_adapter(i, depth) else None,
-                  lora_rank=0 if adapter is None else adapter.lora_rank)
-            for i in range(depth)
-        ])
-        # Blocks holding trainable parameters are rematerialised in the backward pass (jax.checkpoint), as
-        # the official code checkpoints their attention and MLP; frozen blocks store nothing for it anyway.
-        self.remat_blocks = tuple(adapter is not None and adapter.remat and adapter.is_trainable(i, depth)
-                                  for i in range(depth))
+        blocks = []
+        for i in range(depth):
+            window = 0 if i in config.encoder_global_attn_indexes else config.window_size
+            block = Block(dim, config.encoder_num_heads, config.mlp_ratio, window, (grid, grid), rngs, dtype)
+            blocks.append(block_hook(i, block, rngs) if block_hook is not None else block)
+        self.blocks = nnx.List(blocks)
         out = config.prompt_embed_dim
         conv = functools.partial(nnx.Conv, use_bias=False, dtype=dtype, preferred_element_type=jnp.float32,
                                  rngs=rngs)
@@ -219,8 +207,8 @@ class ImageEncoderViT(nnx.Module):
         except the last one (RefSAM's intermediate features)."""
         x = self.patch_embed(x) + self.pos_embed[...]
         global_outputs = []
-        for block, remat in zip(self.blocks, self.remat_blocks):
-            x = nnx.remat(lambda b, y: b(y))(block, x) if remat else block(x)
+        for block in self.blocks:
+            x = nnx.remat(lambda b, y: b(y))(block, x) if block.remat else block(x)
             if block.window_size == 0:
                 global_outputs.append(x)
         return self.neck(x), global_outputs[:-1]

@@ -35,7 +35,6 @@ def _decode(graphdef, state, embedding, points, boxes, masks, multimask_output: 
 _encode_jit = jax.jit(_encode, static_argnums=0)
 _decode_jit = jax.jit(_decode, static_argnums=(0, 6))
 # Low-res logits -> original image size; compiled once per (input size, original size).
-_postprocess_jit = jax.jit(transforms.postprocess_masks, static_argnums=(1, 2, 3))
 
 
 def _numeric_array(value, name: str, shapes: str, ndims: Tuple[int, ...]) -> np.ndarray:
@@ -124,7 +123,7 @@ class SamPredictor:
             masks = jnp.asarray(mask_input, jnp.float32)[..., None]
         low_res, iou = _decode_jit(self._graphdef, self._state, self.features, points, boxes, masks,
                                    bool(multimask_output))
-        upsampled = _postprocess_jit(low_res, self.input_size, self.original_size, self.config.img_size)
+        upsampled = transforms.postprocess_masks_jit(low_res, self.input_size, self.original_size, self.config.img_size)
         masks_out = np.asarray(upsampled[0])
         if not return_logits:
             masks_out = masks_out > MASK_THRESHOLD

@@ -56,14 +56,20 @@ def apply_boxes(boxes: np.ndarray, original_size: Sequence[int], long_side: int)
     return apply_coords(boxes.reshape(-1, 2, 2), original_size, long_side).reshape(-1, 4)
 
 
-def normalize_and_pad(image: jax.Array, img_size: int) -> jax.Array:
-    """Float `[..., h, w, 3]` in 0..255 -> normalised and zero-padded (bottom/right) `[..., S, S, 3]`."""
-    image = (image - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+def normalize(image):
+    """SAM's pixel normalisation `(x - mean) / std` of `[..., 3]` values in 0..255 (numpy or JAX, float32)."""
+    return (image - np.asarray(PIXEL_MEAN, np.float32)) * (1.0 / np.asarray(PIXEL_STD, np.float32))
+
+
+def normalize_and_pad(image, img_size: int):
+    """Float `[..., h, w, 3]` in 0..255 -> normalised and zero-padded (bottom/right) `[..., S, S, 3]`; numpy in,
+    numpy out (host-side data loading), else JAX."""
+    image = normalize(image)
     h, w = image.shape[-3:-1]
     if h > img_size or w > img_size:
         raise ValueError(f"image of size {(h, w)} is larger than the model input {img_size}")
     pad = [(0, 0)] * (image.ndim - 3) + [(0, img_size - h), (0, img_size - w), (0, 0)]
-    return jnp.pad(image, pad)
+    return np.pad(image, pad) if isinstance(image, np.ndarray) else jnp.pad(image, pad)
 
 
 def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
@@ -78,3 +84,7 @@ def postprocess_masks(
     masks = resize_bilinear(masks, (img_size, img_size))
     masks = masks[..., : input_size[0], : input_size[1]]
     return resize_bilinear(masks, original_size)
+
+
+# `postprocess_masks` compiled once per (input size, original size, model size), shared by every caller.
+postprocess_masks_jit = jax.jit(postprocess_masks, static_argnums=(1, 2, 3))

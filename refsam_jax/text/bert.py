@@ -1,7 +1,7 @@
 """BERT-style text encoders (BERT, RoBERTa) in Flax NNX.
 
 Modules and attributes are named as in `transformers`' PyTorch `BertModel` (`embeddings.word_embeddings`,
-`encoder.layer.3.attention.self.query`, `...output.LayerNorm`), so `convert.torch_to_nnx` maps a Hugging
+`encoder.layer.3.attention.self.query`, `...output.LayerNorm`), so `refsam_jax.porting.torch_to_nnx` maps a Hugging
 Face state dict onto them by one generic walk. Only the encoder is built: no pooler, no heads.
 
 Architecture: absolute position and token-type embeddings, post-LN transformer layers, attention scaled by

@@ -8,12 +8,15 @@ folder (`config.json`, tokenizer files, safetensors or PyTorch weights), convert
 import functools
 import json
 import os
+import shutil
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 from flax import nnx
 
+from refsam_jax.text import params
 from refsam_jax.text.bert import BertConfig, BertModel
 from refsam_jax.text.roberta import RobertaConfig, RobertaModel
 from refsam_jax.text.t5 import MT5Config, T5Config, T5EncoderModel
@@ -21,6 +24,9 @@ from refsam_jax.text.tokenizer import TextTokenizer
 
 CONFIG_FILE = "config.json"
 STATE_DIR = "nnx_state"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
 
 # Hugging Face model_type -> (config class, encoder module class).
 ARCHITECTURES = {
@@ -76,8 +82,6 @@ def is_converted(path: str) -> bool:
 
 def restore_converted(path: str, abstract_model: nnx.Module) -> nnx.Module:
     """Fills `abstract_model` from the orbax checkpoint in `path/nnx_state`."""
-    import orbax.checkpoint as ocp
-
     graphdef, abstract_state = nnx.split(abstract_model)
     state_path = os.path.abspath(os.path.join(path, STATE_DIR))
     with ocp.StandardCheckpointer() as checkpointer:
@@ -86,6 +90,21 @@ def restore_converted(path: str, abstract_model: nnx.Module) -> nnx.Module:
         except (ValueError, KeyError) as e:
             raise ValueError(f"{state_path} does not match the model of {os.path.join(path, CONFIG_FILE)}: {e}") from e
     return nnx.merge(graphdef, state)
+
+
+def save_text_encoder(model: nnx.Module, hf_dir: str, output: str) -> None:
+    """Writes config.json, the tokenizer files of `hf_dir` and the NNX state of `model` into `output`."""
+    if os.path.exists(output) and os.listdir(output):
+        raise FileExistsError(f"output directory {output} exists and is not empty")
+    tokenizer_files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, name))]
+    if not tokenizer_files:
+        raise FileNotFoundError(f"no tokenizer files in {hf_dir}: expected some of {', '.join(TOKENIZER_FILES)}")
+    os.makedirs(output, exist_ok=True)
+    for name in (CONFIG_FILE, *tokenizer_files):
+        shutil.copyfile(os.path.join(hf_dir, name), os.path.join(output, name))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(os.path.join(output, STATE_DIR)), nnx.state(model))
+        checkpointer.wait_until_finished()
 
 
 def check_width(source: str, width: int, expected: int, name: str = "config.text.width") -> None:
@@ -172,7 +191,5 @@ def load_text_encoder(path: str, max_length: int = 32, expected_width: Optional[
     if is_converted(path):
         model = restore_converted(path, model)
     else:
-        from convert.text import load_hf_weights
-
-        load_hf_weights(model, path, hf_config["model_type"])
+        params.load_hf_weights(model, path, hf_config["model_type"])
     return TextEncoder(model, hf_config, tokenizer, path)

@@ -2,7 +2,7 @@
 
 Modules and attributes are named as in `transformers`' PyTorch `T5EncoderModel` (`shared`,
 `encoder.block.3.layer.0.SelfAttention.q`, `encoder.block.3.layer.1.DenseReluDense.wi_0`,
-`encoder.final_layer_norm`), so `convert.torch_to_nnx` maps a Hugging Face state dict onto them by one generic
+`encoder.final_layer_norm`), so `refsam_jax.porting.torch_to_nnx` maps a Hugging Face state dict onto them by one generic
 walk. T5's `encoder.embed_tokens` is the same table as `shared` and is not built twice.
 
 Architecture: pre-LN blocks with T5's RMS LayerNorm (no mean subtraction, no bias), attention logits not

@@ -1,14 +1,14 @@
 """The training loop: checks, sharded state, jitted steps, metrics, checkpoints and resumption.
 
 `train(config, workdir, build_task)` is model-agnostic: a `Task` says how to build the model, what the
-loss is and where the batches come from. `train_and_evaluate(config, workdir)` trains RefSAM
-(`refsam_jax.train.task.build_refsam_task`).
+loss is and where the batches come from (RefSAM's is `refsam_jax.task.RefSamTask`).
 
 Everything that can be wrong with the input (workdir permissions, trainable rules, optimizer groups, a
 checkpoint of another model, the batch size vs the mesh) is checked on the abstract model
 (`nnx.eval_shape`) before any weight is created or any step is compiled.
 """
 
+import abc
 import dataclasses
 import math
 import os
@@ -23,43 +23,56 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from refsam_jax import paths
-from refsam_jax.train import checkpoint as checkpoint_lib
-from refsam_jax.train import groups as groups_lib
+from refsam_jax import checkpoint as checkpoint_lib
 from refsam_jax.train import metrics_writer as metrics_lib
+from refsam_jax.train import optimizer as optimizer_lib
 from refsam_jax.train import sharding as sharding_lib
 from refsam_jax.train import step as step_lib
 
 
-@dataclasses.dataclass
-class Task:
-    """What to train.
+class Task(abc.ABC):
+    """What to train: subclass it, and set the three attributes in `__init__`.
 
     Attributes:
-      build_model: creates the model with fresh weights; must be traceable by `nnx.eval_shape`.
-      loss_fn: `(model, batch, **other_frozen) -> (loss, metrics)`, see `step.py`.
-      make_train_iterator: `(shard_index, shard_count) -> ` checkpointable grain iterator of this host's
-        numpy batches.
       model_config: JSON-able description of the architecture, stored in checkpoints and compared on resume.
       global_batch_size: clips per step over all hosts.
       frames_per_clip: for the frames/s figure.
-      load_pretrained: fills a built model with converted checkpoints (SAM, ...), in place.
-      load_other_frozen: loads the frozen states handed to `loss_fn` by name (e.g. a text encoder's); called
-        after the checks, before the first step.
-      prepare_batch: host-side transform of each batch before it is sharded (e.g. the text-feature cache).
-      evaluate: optional `model -> {metric: value}`, run before training (`config.eval.at_start`) and after.
+
+    The loop calls `build_model` (first under `nnx.eval_shape` for the checks), `load_pretrained`,
+    `load_other_frozen`, `train_iterator`, then per step `prepare_batch` on the host and `loss_fn` inside
+    the jitted step; `evaluate` before (`config.eval.at_start`) and after training.
     """
 
-    build_model: Callable[[], nnx.Module]
-    loss_fn: step_lib.LossFn
-    make_train_iterator: Callable[[int, int], Iterator[Mapping[str, np.ndarray]]]
     model_config: Mapping[str, Any]
     global_batch_size: int
     frames_per_clip: int = 1
-    load_pretrained: Callable[[nnx.Module], None] = lambda model: None
-    load_other_frozen: Callable[[], Mapping[str, Any]] = dict
-    prepare_batch: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] = lambda batch: batch
-    evaluate: Optional[Callable[[nnx.Module], Dict[str, float]]] = None
+
+    @abc.abstractmethod
+    def build_model(self) -> nnx.Module:
+        """The model with fresh weights; must be traceable by `nnx.eval_shape`."""
+
+    @abc.abstractmethod
+    def loss_fn(self, model: nnx.Module, batch: Mapping[str, jax.Array], **other_frozen):
+        """`-> (loss, metrics)`, see `step.py`; `other_frozen` are the states of `load_other_frozen`."""
+
+    @abc.abstractmethod
+    def train_iterator(self, shard_index: int, shard_count: int) -> Iterator[Mapping[str, np.ndarray]]:
+        """A checkpointable grain iterator of this host's numpy batches."""
+
+    def load_pretrained(self, model: nnx.Module) -> None:
+        """Fills a built model with converted checkpoints (SAM, ...), in place."""
+
+    def load_other_frozen(self) -> Mapping[str, Any]:
+        """The frozen states handed to `loss_fn` by name (e.g. a text encoder's); called after the checks."""
+        return {}
+
+    def prepare_batch(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """Host-side transform of each batch before it is sharded (e.g. a text-feature cache)."""
+        return batch
+
+    def evaluate(self, model: nnx.Module) -> Optional[Dict[str, float]]:
+        """`{metric: value}` of the model, or None when the task has no evaluation."""
+        return None
 
 
 @dataclasses.dataclass
@@ -170,7 +183,7 @@ class _StepLog:
         self._window.append(values)
         if step % self._config.log_every == 0 or step == self._config.total_steps:
             scalars = {name: float(np.mean([w[name] for w in self._window])) for name in self._window[0]}
-            lrs = groups_lib.learning_rates(self._schedules, step - 1, self._config.optim.accumulate_steps)
+            lrs = optimizer_lib.learning_rates(self._schedules, step - 1, self._config.optim.accumulate_steps)
             scalars.update({f"lr/{group}": lr for group, lr in lrs.items()})
             if self._timed_steps:
                 elapsed = now - self._window_start
@@ -198,8 +211,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     sharding_lib.check_batch_size(task.global_batch_size, mesh)
 
     # Checks on the abstract model: no weights, no compute.
-    abstract = groups_lib.split_trainable(nnx.eval_shape(task.build_model), config.trainable)
-    optimizer, schedules = groups_lib.make_optimizer(config.optim, abstract.labels, config.total_steps)
+    abstract = optimizer_lib.split_trainable(nnx.eval_shape(task.build_model), config.trainable)
+    optimizer, schedules = optimizer_lib.make_optimizer(config.optim, abstract.labels, config.total_steps)
     trainable_shapes = checkpoint_lib.describe_params(abstract.trainable)
     checkpointer = checkpoint_lib.TrainCheckpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
@@ -209,7 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         checkpoint_lib.check_meta(checkpointer.read_meta(resume_step), task.model_config, trainable_shapes,
                                   source=f"checkpoint {checkpointer.directory}/{resume_step}")
     meta = {"model_config": task.model_config, "trainable_shapes": trainable_shapes}
-    logging.info("trainable parameters per group: %s", groups_lib.group_sizes(abstract.trainable, abstract.labels))
+    logging.info("trainable parameters per group: %s", optimizer_lib.group_sizes(abstract.trainable, abstract.labels))
 
     # Weights: the frozen ones always come from the converted/initial checkpoints, the trainable ones from
     # this run's latest checkpoint when it resumes.
@@ -218,7 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if config.init.checkpoint_dir:
         init_step = checkpoint_lib.load_trained_params(model, config.init.checkpoint_dir, task.model_config)
         logging.info("initialised the model from %s (step %d)", config.init.checkpoint_dir, init_step)
-    split = groups_lib.split_trainable(model, config.trainable)
+    split = optimizer_lib.split_trainable(model, config.trainable)
     split = dataclasses.replace(split, trainable=step_lib.strong_types(split.trainable),
                                 frozen=step_lib.strong_types(split.frozen))
     del model
@@ -234,7 +247,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     shardings = step_lib.StepShardings(trainable=trainable_sharding, frozen=frozen_sharding, opt_state=opt_sharding,
                                        batch=sharding_lib.batch_sharding(mesh), metrics=replicated)
 
-    iterator = task.make_train_iterator(jax.process_index(), jax.process_count())
+    iterator = task.train_iterator(jax.process_index(), jax.process_count())
     if resume_step is None:
         trainable = jax.device_put(split.trainable, trainable_sharding)
         opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(trainable)
@@ -255,8 +268,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     evaluations = {}
 
     def evaluate():
-        if task.evaluate is not None:
-            results = task.evaluate(nnx.merge(graphdef, trainable, frozen["model"]))
+        results = task.evaluate(nnx.merge(graphdef, trainable, frozen["model"]))
+        if results is not None:
             writer.write_scalars(step, {f"eval/{name}": value for name, value in results.items()})
             logging.info("evaluation at step %d: %s", step, results)
             evaluations[step] = results
@@ -286,11 +299,3 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         writer.close()
     return TrainSummary(step=step, losses=log.losses, compilations=train_step._cache_size(),
                         resumed_from=resume_step, evaluations=evaluations)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainSummary:
-    """Trains RefSAM as `config` says (see configs/refytvos.py); relative paths are taken from the working
-    directory."""
-    from refsam_jax.train import task as task_lib  # Imports the model, text and data packages.
-    paths.check_paths_exist(paths.absolute_paths(config))
-    return train(config, workdir, task_lib.build_refsam_task)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from refsam_jax.train import groups as groups_lib
+from refsam_jax.train import optimizer as optimizer_lib
 
 LossFn = Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
 
@@ -61,7 +61,7 @@ def make_train_step(graphdef: nnx.GraphDef, labels: nnx.State, optimizer: optax.
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        sq_norms = groups_lib.group_sq_norms(grads, labels)
+        sq_norms = optimizer_lib.group_sq_norms(grads, labels)
         metrics = {"loss": loss, **aux, "grad_norm/all": jnp.sqrt(sum(sq_norms.values()))}
         metrics.update({f"grad_norm/{group}": jnp.sqrt(sq) for group, sq in sq_norms.items()})
         return trainable, opt_state, metrics

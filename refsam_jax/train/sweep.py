@@ -1,35 +1,19 @@
-"""Learning-rate (or any config) grids, as the paper's Fig. 6 ablations: one run per combination, one table.
+"""Config grids, as the paper's Fig. 6 ablations: one training run per combination, one table.
 
-    python -m refsam_jax.train.sweep --config configs/demo.py --workdir runs/sweep \\
-        --grid 'optim.lr.mlp=1e-3,1e-4' --grid 'optim.lr.mask_decoder=1e-5,1e-6' --steps 200
-
-Runs go one after the other in this process, each in `<workdir>/<key=value+...>/` (a finished or interrupted
-run is resumed, not redone). The final loss of a run is the mean training loss of its last
-`--average_last` steps; the table is printed and written to `<workdir>/sweep.csv`.
+`run_sweep(config, workdir, grid, train_fn=...)` runs the combinations one after the other, each in
+`<workdir>/<key=value+...>/` (a finished or interrupted run is resumed, not redone). The final loss of a run
+is the mean training loss of its last `average_last` steps. The command line is `python -m refsam_jax.sweep`.
 """
 
 import csv
 import itertools
 import os
-import sys
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
-from absl import app
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-from refsam_jax import paths
-from refsam_jax.train import loop
-from refsam_jax.train import metrics_writer
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one sub-directory per run.")
-_GRID = flags.DEFINE_multi_string("grid", [], "'key=v1,v2,...': values of one config key; repeat for a grid.")
-_STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: the config's total_steps).")
-_AVERAGE_LAST = flags.DEFINE_integer("average_last", 10, "Steps averaged into a run's final loss.")
-flags.mark_flags_as_required(["config", "workdir"])
+from refsam_jax.train import loop, metrics_writer
 
 
 def parse_grid(config: ml_collections.ConfigDict, specs: Sequence[str]) -> List[Tuple[str, List[Any]]]:
@@ -90,8 +74,10 @@ def final_loss(workdir: str, average_last: int) -> float:
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid: Sequence[Tuple[str, List[Any]]],
-              steps: int = None, average_last: int = 10, train_fn=loop.train_and_evaluate) -> List[Dict[str, Any]]:
-    """Trains every combination of `grid`; returns one row per run (the grid values and final_loss)."""
+              steps: Optional[int] = None, average_last: int = 10, *,
+              train_fn: Callable[[ml_collections.ConfigDict, str], loop.TrainSummary]) -> List[Dict[str, Any]]:
+    """Trains every combination of `grid` with `train_fn(config, run_dir)`; returns one row per run (the grid
+    values, final_loss and the last evaluation's metrics)."""
     keys = [key for key, _ in grid]
     if steps is not None and "total_steps" in keys:
         raise ValueError("total_steps is swept in --grid: do not also give --steps")
@@ -132,26 +118,3 @@ def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _GRID.value:
-        raise app.UsageError("give at least one --grid 'key=v1,v2,...'")
-    logging.get_absl_handler().addFilter(metrics_writer.quiet_orbax_info)
-    config = _CONFIG.value
-    try:
-        grid = parse_grid(config, _GRID.value)
-        workdir = paths.absolute(_WORKDIR.value)
-        loop.check_workdir(workdir)
-        rows = run_sweep(config, workdir, grid, _STEPS.value, _AVERAGE_LAST.value)
-    except (KeyError, ValueError, PermissionError, FloatingPointError) as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        sys.exit(2)
-    write_csv(rows, os.path.join(workdir, "sweep.csv"))
-    print(format_table(rows))
-
-
-if __name__ == "__main__":
-    app.run(main)

@@ -1,33 +1,27 @@
-"""Convert a Segment Anything checkpoint (official `sam_vit_*.pth`, or a Hugging Face `SamModel` folder) into
-an orbax checkpoint for `refsam_jax.sam.build_sam(checkpoint=...)`.
+"""Segment Anything weights: an official `sam_vit_*.pth` state dict -> our NNX `Sam`, and the check against the
+PyTorch `segment_anything` model (`python -m convert sam`; Hugging Face folders: `hf_params`).
 
-  python -m convert sam --checkpoint sam_vit_b_01ec64.pth --model-type vit_b --output ckpt/sam_vit_b --verify
-
-The architecture is read from the weights' shapes, so any official-layout state dict converts;
-`--model-type` is a check. `--verify` runs the PyTorch `segment_anything` model on the same weights and a
-random input and fails if the outputs differ.
+The architecture is read from the weights' shapes, so any official-layout state dict converts. torch is
+imported only by the functions that read .pth files or run the reference model.
 """
 
-import argparse
 import functools
 import logging
 import os
 import pickle
 import re
-import time
 from typing import Dict, Mapping
 
 import jax
 import numpy as np
-import torch
 from flax import nnx
 
-from convert.reference import import_segment_anything
-from convert.torch_to_nnx import CheckpointMismatchError, load_torch_state_dict
-from refsam_jax.sam.build import SamCheckpointError, save_sam
+from refsam_jax.porting.torch_to_nnx import load_torch_state_dict
+from refsam_jax.sam.build import SamCheckpointError
 from refsam_jax.sam.config import SAM_CONFIGS, SamConfig, model_type_of
 from refsam_jax.sam.model import Sam
 from refsam_jax.sam.prompt_encoder import MASK_IN_CHANS
+from refsam_jax.sam.torch_reference import import_segment_anything
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +46,8 @@ def official_key(key: str) -> str:
 
 def load_official_state_dict(path: str) -> Dict[str, np.ndarray]:
     """Reads an official SAM `.pth` state dict as float32 numpy arrays, with clear errors for bad files."""
+    import torch
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SAM checkpoint {path} does not exist")
     try:
@@ -136,11 +132,13 @@ def sam_from_state_dict(state_dict: Mapping[str, np.ndarray], config: SamConfig,
     return model
 
 
-def build_torch_sam(config: SamConfig) -> torch.nn.Module:
+def build_torch_sam(config: SamConfig):
     """The PyTorch `segment_anything` Sam with the architecture of `config` (random weights, eval mode)."""
+    import torch
+
     import_segment_anything()
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam as TorchSam
-    from segment_anything.modeling import TwoWayTransformer
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+    from segment_anything.modeling import Sam as TorchSam
 
     grid = config.image_embedding_size
     return TorchSam(
@@ -175,6 +173,8 @@ def _forward(model: Sam, image, coords, labels, box):
 def verify(model: Sam, state_dict: Mapping[str, np.ndarray], seed: int = 0) -> bool:
     """Runs `model` and `segment_anything` on the same weights, a random image and point+box prompts;
     logs max|Δ| of the image embedding, mask logits and IoU, and returns whether all are within TOLERANCES."""
+    import torch
+
     config = model.config
     reference = build_torch_sam(config)
     reference.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()})
@@ -208,53 +208,3 @@ def verify(model: Sam, state_dict: Mapping[str, np.ndarray], seed: int = 0) -> b
         log.info("max|JAX - PyTorch| %-16s %.3g (tolerance %.0e) %s", name, delta, TOLERANCES[name],
                  "ok" if passed else "FAILED")
     return ok
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="PTH", help="official segment_anything state dict (.pth)")
-    source.add_argument("--hf", metavar="DIR", help="Hugging Face SamModel folder (config.json + weights)")
-    parser.add_argument("--model-type", choices=sorted(SAM_CONFIGS),
-                        help="expected architecture; an error if the checkpoint holds another one")
-    parser.add_argument("--output", required=True, metavar="DIR", help="checkpoint directory to write")
-    parser.add_argument("--verify", action="store_true",
-                        help="compare against the PyTorch model on a random input before saving")
-
-
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger().setLevel(logging.INFO)  # also when an imported library installed a handler first
-    start = time.time()
-    try:
-        if args.hf:
-            from convert import sam_hf
-
-            log.info("reading Hugging Face SAM folder %s", args.hf)
-            config, state_dict = sam_hf.load_hf_sam(args.hf)
-            source = args.hf
-        else:
-            log.info("reading %s", args.checkpoint)
-            state_dict = load_official_state_dict(args.checkpoint)
-            config = config_from_state_dict(state_dict, source=args.checkpoint)
-            source = args.checkpoint
-        model_type = model_type_of(config)
-        log.info("architecture: %s (embed dim %d, depth %d, %d px)", model_type, config.encoder_embed_dim,
-                 config.encoder_depth, config.img_size)
-        if args.model_type is not None and args.model_type != model_type:
-            raise SamCheckpointError(f"{source} holds a SAM {model_type} (embed dim {config.encoder_embed_dim}, "
-                                     f"depth {config.encoder_depth}), but --model-type {args.model_type} was given")
-        log.info("converting %d tensors", len(state_dict))
-        model = sam_from_state_dict(state_dict, config, source=source)
-        if args.verify:
-            if args.hf:
-                sam_hf.verify_hf(model, args.hf)  # raises SamCheckpointError when over tolerance
-            elif not verify(model, state_dict):
-                raise SamCheckpointError(f"{source}: the converted model differs from segment_anything's; "
-                                         f"{args.output} was not written")
-        log.info("writing %s", args.output)
-        save_sam(model, args.output)
-    except (FileNotFoundError, SamCheckpointError, CheckpointMismatchError) as e:
-        log.error("%s", e)
-        return 1
-    log.info("done in %.1f s", time.time() - start)
-    return 0

@@ -5,6 +5,7 @@ import os
 from typing import Callable, Dict, List, Mapping, Sequence
 
 import numpy as np
+from safetensors import safe_open
 
 # In order of preference; an index file lists the shards of a sharded checkpoint.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -44,8 +45,6 @@ def find_weight_files(hf_dir: str) -> List[str]:
 
 
 def _safetensors_readers(path: str) -> Dict[str, Callable[[], np.ndarray]]:
-    from safetensors import safe_open
-
     handle = safe_open(path, framework="numpy")
     return {key: (lambda key=key: handle.get_tensor(key)) for key in handle.keys()}
 

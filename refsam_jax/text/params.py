@@ -1,10 +1,5 @@
-"""Hugging Face text encoder folder (T5, mT5, BERT, RoBERTa, XLM-RoBERTa) -> orbax checkpoint of our NNX encoder.
-
-    python -m convert text --hf DIR --output DIR [--verify]
-
-The output holds the Hugging Face `config.json`, the tokenizer files and the NNX state (`nnx_state/`), so
-`refsam_jax.text.encoder.load_text_encoder(OUTPUT)` works offline. `--verify` runs the `transformers` PyTorch
-model on padded sentences and fails if the last hidden states differ by more than 1e-4.
+"""Hugging Face text encoder weights (T5, mT5, BERT, RoBERTa, XLM-RoBERTa) -> our NNX encoders, and the check
+against the `transformers` PyTorch model (`python -m convert text`).
 
 Checkpoint keys the encoder does not use, and only these, are skipped:
   T5:        `decoder.*` and `lm_head.*` (full T5ForConditionalGeneration checkpoints), and
@@ -14,30 +9,19 @@ Checkpoint keys the encoder does not use, and only these, are skipped:
              (checkpoints of models with heads) is removed, and old `LayerNorm.gamma/beta` names are renamed.
 """
 
-import argparse
 import logging
-import os
 import re
-import shutil
-import sys
 from typing import Dict, Sequence
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from convert.hf_weights import LazyStateDict, find_weight_files, read_state_dict
-from convert.torch_to_nnx import CheckpointMismatchError, load_torch_state_dict
-from refsam_jax.text.encoder import (CONFIG_FILE, STATE_DIR, abstract_text_encoder, load_text_encoder,
-                                     read_hf_config)
-from refsam_jax.text.tokenizer import TextTokenizer
+from refsam_jax.porting.hf_weights import LazyStateDict, find_weight_files, read_state_dict
+from refsam_jax.porting.torch_to_nnx import CheckpointMismatchError, load_torch_state_dict
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
 VERIFY_SENTENCES = (
     "a person riding a bike on the left",
     "the dog",
@@ -91,21 +75,6 @@ def load_hf_weights(model: nnx.Module, hf_dir: str, model_type: str) -> None:
     load_torch_state_dict(model, used, source=source)
 
 
-def save_text_encoder(model: nnx.Module, hf_dir: str, output: str) -> None:
-    """Writes config.json, the tokenizer files of `hf_dir` and the NNX state of `model` into `output`."""
-    if os.path.exists(output) and os.listdir(output):
-        raise FileExistsError(f"output directory {output} exists and is not empty")
-    tokenizer_files = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, name))]
-    if not tokenizer_files:
-        raise FileNotFoundError(f"no tokenizer files in {hf_dir}: expected some of {', '.join(TOKENIZER_FILES)}")
-    os.makedirs(output, exist_ok=True)
-    for name in (CONFIG_FILE, *tokenizer_files):
-        shutil.copyfile(os.path.join(hf_dir, name), os.path.join(output, name))
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.abspath(os.path.join(output, STATE_DIR)), nnx.state(model))
-        checkpointer.wait_until_finished()
-
-
 def reference_hidden_states(hf_dir: str, model_type: str, input_ids: np.ndarray,
                             attention_mask: np.ndarray) -> np.ndarray:
     """Last hidden states [B, L, C] of the `transformers` PyTorch encoder, float32."""
@@ -127,28 +96,3 @@ def verify(encoder, hf_dir: str, sentences: Sequence[str] = VERIFY_SENTENCES) ->
         ours = np.asarray(encoder.encode_ids(input_ids, mask))
     reference = reference_hidden_states(hf_dir, encoder.config["model_type"], input_ids, mask)
     return float(np.abs(ours - reference)[mask].max())
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hf", required=True, help="Hugging Face folder: config.json, tokenizer files, weights")
-    parser.add_argument("--output", required=True, help="new directory for the converted checkpoint")
-    parser.add_argument("--verify", action="store_true",
-                        help=f"compare with the transformers PyTorch model (fails above {TOLERANCE:g})")
-    parser.add_argument("--max_length", type=int, default=32, help="tokens per sentence for --verify")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = read_hf_config(args.hf)
-    model = abstract_text_encoder(config, source=os.path.join(args.hf, CONFIG_FILE))
-    load_hf_weights(model, args.hf, config["model_type"])
-    TextTokenizer(args.hf, args.max_length)
-    save_text_encoder(model, args.hf, args.output)
-    print(f"wrote {config['model_type']} text encoder (width {model.width}) to {args.output}")
-    if args.verify:
-        delta = verify(load_text_encoder(args.output, args.max_length), args.hf)
-        print(f"max|Δ| vs transformers {REFERENCE_CLASSES[config['model_type']]}: {delta:.3g} "
-              f"(tolerance {TOLERANCE:g})")
-        if not delta <= TOLERANCE:
-            print(f"verification FAILED: {args.output} differs from {args.hf}", file=sys.stderr)
-            return 1
-    return 0

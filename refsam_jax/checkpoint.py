@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from refsam_jax.train import groups as groups_lib
+from refsam_jax import param_rules
 
 
 class CheckpointMismatchError(ValueError):
@@ -28,7 +28,7 @@ class CheckpointMismatchError(ValueError):
 
 def describe_params(state: nnx.State) -> Dict[str, list]:
     """'.'-joined path -> shape of every array of an `nnx.State` (arrays or ShapeDtypeStructs)."""
-    return {groups_lib.path_to_str(path): list(variable.get_value().shape)
+    return {param_rules.path_to_str(path): list(variable.get_value().shape)
             for path, variable in nnx.to_flat_state(state)}
 
 
@@ -136,7 +136,7 @@ def load_trained_params(model: nnx.Module, checkpoint_dir: str, model_config: Ma
     expected = _flatten_config(json.loads(json.dumps(model_config)))
     if found != expected:
         raise CheckpointMismatchError(f"{source} was saved for another model config:\n{_differences(found, expected)}")
-    model_params = {groups_lib.path_to_str(path): (path, variable)
+    model_params = {param_rules.path_to_str(path): (path, variable)
                     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     saved = meta["trainable_shapes"]
     wrong = {name: shape for name, shape in saved.items()

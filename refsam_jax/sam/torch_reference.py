@@ -12,11 +12,11 @@ uses this module.
 import sys
 import types
 
+import numpy as np
+from PIL import Image
+
 
 def _install_torchvision_standin() -> None:
-    import numpy as np
-    from PIL import Image
-
     def to_pil_image(pic):
         return Image.fromarray(np.asarray(pic))
 

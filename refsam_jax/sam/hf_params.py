@@ -1,7 +1,7 @@
 """Hugging Face `SamModel` folders (config.json + safetensors/bin) -> official segment_anything state dicts.
 
 transformers' SAM renames the official modules but keeps every tensor's layout, so the conversion is a list
-of renames to the segment_anything key names; `convert.sam` then loads those as it loads an official .pth.
+of renames to the segment_anything key names; `params` then loads those as it loads an official .pth.
 The renames:
 
   vision_encoder.patch_embed.projection       image_encoder.patch_embed.proj
@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from convert.hf_weights import find_weight_files, read_state_dict
+from refsam_jax.porting.hf_weights import find_weight_files, read_state_dict
 from refsam_jax.sam.build import SamCheckpointError
 from refsam_jax.sam.config import SamConfig
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 TIED_KEY = "prompt_encoder.shared_embedding.positional_embedding"
 SHARED_PE_KEY = "shared_image_embedding.positional_embedding"
-# Max |ours - transformers| accepted by `verify_hf` by default (float32, random input), as `convert.sam`.
+# Max |ours - transformers| accepted by `verify_hf` by default (float32, random input), as `params`.
 DEFAULT_ATOL = {"image_embeddings": 1e-3, "mask_logits": 1e-2, "iou": 1e-3}
 
 _W = r"(weight|bias)"

@@ -1,16 +1,13 @@
-"""What trains: parameter groups from `(regex, group)` rules, and the per-group AdamW optimiser.
+"""What trains and how: the model split by `(regex, group)` rules (`refsam_jax.param_rules`), and the
+per-group AdamW optimiser.
 
-Parameter paths are the `nnx.State` keys joined with '.', e.g. `sam.image_encoder.blocks.7.MLP_Adapter.D_fc1.kernel`
-(the convention of `refsam_jax.model.groups`). A rule `(regex, group)` claims every `nnx.Param` whose path
-the regex matches with `re.search` (anchor it with ^ / $ as needed); the first matching rule wins.
-Unclaimed parameters, and every non-`Param` variable (buffers), are frozen: `split_trainable` puts them
+Parameters no rule claims, and every non-`Param` variable (buffers), are frozen: `split_trainable` puts them
 in a separate state, so the training step differentiates only the trainable state and the optimiser holds
 state for trainable parameters only.
 """
 
 import dataclasses
-import re
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -18,48 +15,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-Rules = Sequence[Tuple[str, str]]
-
-
-def path_to_str(path: Sequence[Any]) -> str:
-    """('blocks', 3, 'attn', 'qkv', 'kernel') -> 'blocks.3.attn.qkv.kernel'."""
-    return ".".join(str(getattr(key, "key", key)) for key in path)
-
-
-def _compile_rules(rules: Rules) -> Tuple[Tuple[re.Pattern, str], ...]:
-    compiled = []
-    for rule in rules:
-        if len(rule) != 2 or not all(isinstance(part, str) for part in rule):
-            raise ValueError(f"a trainable rule must be a (regex, group) pair of strings, got {rule!r}")
-        regex, group = rule
-        try:
-            compiled.append((re.compile(regex), group))
-        except re.error as e:
-            raise ValueError(f"trainable rule {rule!r}: invalid regex: {e}") from e
-    return tuple(compiled)
-
-
-def assign_groups(model: nnx.Module, rules: Rules) -> Dict[str, str]:
-    """Maps the path of every trainable `nnx.Param` to its group (first rule whose regex matches).
-
-    Raises ValueError naming every rule that claims no parameter (a typo, or a module the model lacks),
-    with a few parameter paths to compare against.
-    """
-    compiled = _compile_rules(rules)
-    param_paths = [path_to_str(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
-    groups, used = {}, [False] * len(compiled)
-    for path in param_paths:
-        for i, (regex, group) in enumerate(compiled):
-            if regex.search(path):
-                groups[path], used[i] = group, True
-                break
-    unused = [rules[i] for i, hit in enumerate(used) if not hit]
-    if unused:
-        examples = ", ".join(param_paths[:: max(1, len(param_paths) // 8)][:8])
-        raise ValueError(
-            f"trainable rule(s) {unused} match no parameter of {type(model).__name__} (regexes are searched "
-            f"in '.'-joined paths such as: {examples})")
-    return groups
+from refsam_jax.param_rules import Rules, assign_groups, path_to_str
 
 
 @dataclasses.dataclass(frozen=True)

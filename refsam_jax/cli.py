@@ -1,0 +1,68 @@
+"""What the absl command lines share (train.py, demo.py, predict, evaluate, sweep).
+
+`run(main)` parses the flags so that a `--config.<key>` override of a key the config file lacks is a
+one-line error with the closest keys, and reports the errors that bad input raises as one line
+(`error: ...`, exit status 1) instead of a traceback.
+"""
+
+import difflib
+import sys
+from typing import Callable, List, Sequence
+
+from absl import app, flags
+
+from refsam_jax.checkpoint import CheckpointMismatchError
+from refsam_jax.inference import load_config_file
+
+# What bad input raises (VideoInputError and EvaluationInputError are ValueErrors).
+INPUT_ERRORS = (FloatingPointError, CheckpointMismatchError, PermissionError, FileNotFoundError, ValueError)
+
+
+def unknown_override(argv: Sequence[str]) -> str:
+    """Names the first `--config.<key>` override whose key the config file does not have ('' if none)."""
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_arg is None and "--config" in argv[:-1]:
+        config_arg = argv[list(argv).index("--config") + 1]
+    if config_arg is None:
+        return ""
+    config = load_config_file(config_arg)
+    for key in (a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")):
+        node = config
+        for i, part in enumerate(key.split(".")):
+            if not hasattr(node, "keys") or part not in node.keys():
+                known = list(node.keys()) if hasattr(node, "keys") else []
+                close = difflib.get_close_matches(part, known, n=3)
+                prefix = ".".join(key.split(".")[:i])
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                where = f"config.{prefix}" if prefix else "the config"
+                return f"unknown config key --config.{key}: {where} has no key {part!r}{hint}"
+            node = node[part]
+    return ""
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+    """absl flag parsing with one-line errors (exit status 2) for bad flags and unknown config keys."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        message = unknown_override(argv) or f"bad --config override: {e}"
+        print(f"{argv[0]}: {message}", file=sys.stderr)
+        sys.exit(2)
+    except flags.Error as e:
+        print(f"{argv[0]}: {e}\nPass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(main: Callable[[List[str]], None]) -> None:
+    """`app.run(main)` with `parse_flags`; bad input (`INPUT_ERRORS`) ends as `error: <message>`, status 1."""
+
+    def main_with_errors(argv: List[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        try:
+            main(argv)
+        except INPUT_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(main_with_errors, flags_parser=parse_flags)

@@ -1,0 +1,112 @@
+"""Scorers that run a video segmenter over a dataset split: Ref-YouTube-VOS held-out J&F, Ref-DAVIS17 J&F, and
+the Ref-YouTube-VOS valid submission.
+
+A segmenter is anything with `segment(frames, sentences)` yielding `(t, logits [E, H, W])` per frame
+(`refsam_jax.inference.VideoSegmenter`); masks are `logits > threshold`. Nothing here knows the model.
+"""
+
+import itertools
+import os
+import sys
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import tqdm
+
+from refsam_jax.data import iterate_eval_videos
+from refsam_jax.evaluation import save_binary_mask_png
+from refsam_jax.evaluation.metrics import boundary_f, jaccard
+from refsam_jax.evaluation.ref_davis import ANNOTATORS, evaluate_ref_davis, write_davis_prediction
+from refsam_jax.evaluation.ref_ytvos import ExpressionScore, YtvosResult, write_submission_zip
+
+
+def video_groups(items: Iterator, max_videos: int = 0) -> Iterator[Tuple[str, List]]:
+    """`iterate_eval_videos` items (one per expression, a video's together) -> (video id, its items)."""
+    groups = itertools.groupby(items, key=lambda item: item.video_id)
+    if max_videos:
+        groups = itertools.islice(groups, max_videos)
+    for video, group in groups:
+        yield video, list(group)
+
+
+def evaluate_ytvos_heldout(segmenter, data_dir: str, out_dir: Optional[str] = None, *, split: str = "heldout",
+                           manual_dir: Optional[str] = None, builder_config=None, threshold: float = 0.0,
+                           max_videos: int = 0, max_expressions: int = 0, progress: bool = True) -> YtvosResult:
+    """J, F, J&F of `segmenter` on the Ref-YouTube-VOS `split` (with ground truth); with `out_dir`, writes the
+    0/255 masks to `<out_dir>/<video>/<exp_id>/<frame>.png`. `manual_dir`: the raw data, to build the dataset
+    if it is not built yet; `builder_config`: a non-default held-out split (`data.pipeline.builder_config`);
+    `max_videos` / `max_expressions`: only the first ones (0: all)."""
+    scores = []
+    items = iterate_eval_videos("ref_youtube_vos", data_dir, split, manual_dir=manual_dir,
+                                builder_config=builder_config)
+    if max_expressions:
+        items = itertools.islice(items, max_expressions)
+    videos = video_groups(items, max_videos)
+    for video, expressions in tqdm.tqdm(videos, unit="video", desc=split, file=sys.stderr, disable=not progress):
+        first = expressions[0]
+        j = np.zeros((len(expressions), len(first.frame_names)))
+        f = np.zeros_like(j)
+        for t, logits in segmenter.segment(first.frames, [e.sentence for e in expressions]):
+            for e, item in enumerate(expressions):
+                prediction = logits[e] > threshold
+                if out_dir is not None:
+                    save_binary_mask_png(prediction, os.path.join(out_dir, video, item.expression_id,
+                                                                  f"{item.frame_names[t]}.png"))
+                j[e, t] = jaccard(item.masks[t], prediction)
+                f[e, t] = boundary_f(item.masks[t], prediction)
+        scores += [ExpressionScore(video, item.expression_id, item.obj_id, float(j[e].mean()), float(f[e].mean()),
+                                   len(item.frame_names)) for e, item in enumerate(expressions)]
+    if not scores:
+        raise ValueError(f"split {split!r} of ref_youtube_vos in {data_dir} has no expressions")
+    return YtvosResult(scores, [])
+
+
+def davis_expression_set(item) -> int:
+    """Ref-DAVIS17 expression set 0..3: annotator 1/2 x first-frame/full-video (DATASETS.md §2.3)."""
+    return 2 * item.annotator + (item.kind == "full_video")
+
+
+def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, threshold: float = 0.0,
+                   max_videos: int = 0):
+    """Ref-DAVIS17 valid: index PNGs `<out_dir>/<set>/<video>/<frame>.png`, scored against
+    `<manual_dir>/DAVIS` with the official protocol. Returns an `evaluation.ref_davis.RefDavisResult`."""
+    videos = []
+    items = iterate_eval_videos("ref_davis17", data_dir, "valid", manual_dir=manual_dir)
+    for video, expressions in tqdm.tqdm(video_groups(items, max_videos), unit="video", desc="davis", file=sys.stderr):
+        videos.append(video)
+        object_ids = sorted({item.obj_id for item in expressions})
+        first = expressions[0]
+        for t, logits in segmenter.segment(first.frames, [e.sentence for e in expressions]):
+            for expression_set in ANNOTATORS:
+                # Object k of the video (in obj_id order) gets id k + 1. The background scores the threshold, so
+                # a pixel goes to the object of highest logit if that logit > threshold (RefSAM: 0.1).
+                scores = {object_ids.index(item.obj_id) + 1: logits[e] for e, item in enumerate(expressions)
+                          if davis_expression_set(item) == expression_set}
+                if scores:
+                    write_davis_prediction(out_dir, expression_set, video, first.frame_names[t], scores,
+                                           background=threshold, zero_below=-np.inf)
+    if not videos:
+        raise ValueError(f"ref_davis17 valid in {data_dir} has no videos")
+    return evaluate_ref_davis(out_dir, os.path.join(manual_dir, "DAVIS"), sequences=videos)
+
+
+def predict_ytvos_valid(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, builder_config=None,
+                        threshold: float = 0.0, expected_num_videos: Optional[int] = 202):
+    """Ref-YouTube-VOS valid: masks `<out_dir>/predictions/<video>/<exp_id>/<frame>.png` for every expression
+    and frame, checked and zipped into `<out_dir>/submission.zip` (the dataset is built from `manual_dir`
+    if it is not built yet). Returns the `SubmissionReport`."""
+    predictions = os.path.join(out_dir, "predictions")
+    items = iterate_eval_videos("ref_youtube_vos", data_dir, "valid", manual_dir=manual_dir,
+                                builder_config=builder_config)
+    for video, expressions in tqdm.tqdm(video_groups(items), unit="video", desc="valid", file=sys.stderr):
+        first = expressions[0]
+        for t, logits in segmenter.segment(first.frames, [e.sentence for e in expressions]):
+            for e, item in enumerate(expressions):
+                path = os.path.join(predictions, video, item.expression_id, f"{first.frame_names[t]}.png")
+                save_binary_mask_png(logits[e] > threshold, path)
+    meta = os.path.join(manual_dir, "meta_expressions")
+    return write_submission_zip(predictions, os.path.join(meta, "valid", "meta_expressions.json"),
+                                os.path.join(meta, "test", "meta_expressions.json"),
+                                os.path.join(out_dir, "submission.zip"),
+                                images_root=os.path.join(manual_dir, "valid", "JPEGImages"),
+                                expected_num_videos=expected_num_videos)
