@@ -42,6 +42,7 @@ def load_config(name: str, compute_dtype: str, batch_size: int, num_frames: int)
         config.model.sam.model_type = name
     else:
         raise ValueError(f"unknown model {name!r}: demo, vit_b, vit_l or vit_h")
+    task_lib.derive(config)
     config.compute_dtype = compute_dtype
     if batch_size:
         config.data.batch_size = batch_size

@@ -15,6 +15,7 @@ to `<workdir>/data/raw` and built into `<workdir>/data/tfds` unless already ther
 
 import copy
 import os
+import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -28,11 +29,14 @@ from refsam_jax.data import default_data_config, make_train_loader, write_synthe
 from refsam_jax.data.pipeline import builder_config
 from refsam_jax.evaluation.video import evaluate_ytvos_heldout
 from refsam_jax.inference import VideoSegmenter
+from refsam_jax.model import groups
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text, sam_config_for
+from refsam_jax.param_rules import path_to_str
 from refsam_jax.sam.build import load_sam
 from refsam_jax.text import TextEncoder, TextTokenizer, load_text_encoder
 from refsam_jax.train import loop, losses
+from refsam_jax.train.optimizer import TrainableSplit
 
 TRAIN_KEYS = ("frames", "masks", "image_size", "text_mask")
 
@@ -43,8 +47,9 @@ def refsam_config() -> ml_collections.ConfigDict:
     Keys beyond the base: model (`refsam_jax.model.config.default_model_config`), data
     (`refsam_jax.data.default_data_config`; data.max_text_length is model.text.max_length), text_cache,
     loss.{dice_weight, focal_weight, focal_alpha, focal_gamma}, synthetic.{enabled, num_videos, num_frames,
-    frame_size, seed}, eval.{split, threshold, max_expressions}. `config.trainable` is left empty: set it
-    from `refsam_jax.model.groups.trainable_rules(config.model)` once the model is set.
+    frame_size, seed}, eval.{split, threshold, max_expressions}. An empty `config.trainable` (the default)
+    means the paper's groups for the modules `config.model` builds, derived at run time (`derive`), so that
+    every `--config.model.*` override and sweep value is honoured.
     """
     config = loop.base_config()
     config.model = default_model_config()
@@ -58,6 +63,7 @@ def refsam_config() -> ml_collections.ConfigDict:
     config.eval.split = ""  # e.g. 'heldout' (Ref-YouTube-VOS train videos kept out of training); '' = none
     config.eval.threshold = 0.0  # logit threshold, i.e. sigmoid > 0.5
     config.eval.max_expressions = 0  # 0 = all
+    config.frozen_on_purpose = ""  # regex: parameters RefSAM adds that may stay frozen (the official adapters)
     return config
 
 
@@ -129,6 +135,15 @@ def evaluate_heldout(model: RefSAM, text_encoder: TextEncoder, config: ml_collec
     return {"J": result["J"], "F": result["F"], "J&F": result["JF"], "expressions": float(result["num_expressions"])}
 
 
+def derive(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fills what a RefSAM config derives from its final values (after overrides), in place: the trainable
+    rules from `config.model` when `config.trainable` is empty. Returns `config`."""
+    if not config.trainable:
+        with config.unlocked():
+            config.trainable = groups.trainable_rules(config.model)
+    return config
+
+
 class RefSamTask(loop.Task):
     """The RefSAM task of a training config (configs/refytvos.py lists the keys)."""
 
@@ -152,6 +167,12 @@ class RefSamTask(loop.Task):
 
     def build_model(self) -> RefSAM:
         return build_refsam(model_config_without_weights(self.config), seed=self.config.seed)
+
+    def check_split(self, split: TrainableSplit) -> None:
+        frozen = [path_to_str(path) for path, variable in nnx.to_flat_state(split.frozen)
+                  if isinstance(variable, nnx.Param)]
+        on_purpose = self.config.get("frozen_on_purpose", "")
+        groups.check_added_parameters_train([p for p in frozen if not (on_purpose and re.search(on_purpose, p))])
 
     def load_pretrained(self, model: RefSAM) -> None:
         checkpoint = self.config.model.sam.checkpoint
@@ -195,4 +216,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     """Trains RefSAM as `config` says (see configs/refytvos.py); relative paths are taken from the working
     directory, and every path the config names must exist."""
     paths.check_paths_exist(paths.absolute_paths(config))
-    return loop.train(config, workdir, RefSamTask)
+    return loop.train(derive(config), workdir, RefSamTask)

@@ -136,9 +136,9 @@ def test_hda_matches_reconstruction(projection, fusion):
 
 
 def test_cross_modal_mlp_shapes_and_pooling():
-    mlp = CrossModalMLP(32, 16, num_hidden_layers=1, rngs=nnx.Rngs(0))
+    mlp = CrossModalMLP(32, 16, hidden_layers=2, rngs=nnx.Rngs(0))
     assert [(l.in_features, l.out_features) for l in mlp.layers] == [(32, 16), (16, 16), (16, 16)]
-    assert [(l.in_features, l.out_features) for l in CrossModalMLP(32, 16, mode="linear", rngs=nnx.Rngs(0)).layers
+    assert [(l.in_features, l.out_features) for l in CrossModalMLP(32, 16, hidden_layers=0, rngs=nnx.Rngs(0)).layers
             ] == [(32, 16)]
     features = jax.random.normal(jax.random.key(0), (2, 5, 32))
     mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
@@ -194,7 +194,7 @@ def test_parameter_counts_match_spec():
 
     assert count(lambda: QueryInteractionModule(256, 1024, 8, rngs=nnx.Rngs(0))) == 1_315_840
     assert count(lambda: CrossModalMLP(1024, 256, rngs=nnx.Rngs(0))) == 656_128
-    assert count(lambda: CrossModalMLP(1024, 256, mode="linear", rngs=nnx.Rngs(0))) == 262_400
+    assert count(lambda: CrossModalMLP(1024, 256, hidden_layers=0, rngs=nnx.Rngs(0))) == 262_400
     assert count(lambda: DenseAttention(256, rngs=nnx.Rngs(0))) == 131_328
     pair = count(lambda: Adapter(768, rngs=nnx.Rngs(0))) + count(lambda: Adapter(768, skip_connect=False,
                                                                                 rngs=nnx.Rngs(0)))

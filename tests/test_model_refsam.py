@@ -127,7 +127,7 @@ def test_build_refsam_from_converted_sam_checkpoint(tmp_path):
 def test_output_shapes_for_every_dense_mode():
     frames, text, mask = inputs()
     for overrides in ({"dense.mode": "none", "tracking.enabled": False, "sparse.use_words": False,
-                       "mlp.mode": "linear", "adapter.placement": "none"},
+                       "mlp.hidden_layers": 0, "adapter.placement": "none"},
                       {"dense.mode": "origin", "normalize_image_embedding": False},
                       {"dense.mode": "da", "dense.temperature": "learned", "tracking.token_mlp": True}):
         model = make_model(overrides)

@@ -345,3 +345,36 @@ def test_sweep_runs_the_grid_and_tabulates_final_losses(tmp_path):
         sweep.parse_grid(config, ["optim.lr.hed=1"])
     with pytest.raises(ValueError, match="expected 'key=value1,value2"):
         sweep.parse_grid(config, ["optim.lr.head"])
+
+
+def test_ablation_presets_name_real_keys_and_write_table_and_plot(tmp_path):
+    from refsam_jax.configs import ablations
+    from refsam_jax.configs.demo import get_config
+
+    config = get_config()
+    for preset, make_arms in ablations.PRESETS.items():
+        arms = make_arms(config)
+        assert len({name for name, _ in arms}) == len(arms) > 1, preset
+        for _, assignment in arms:
+            for key, value in assignment:
+                assert type(sweep.get_key(config, key)) is type(value), (preset, key)
+    arms = ablations.components(config)
+    assert [name for name, _ in arms] == ["MLP", "DA", "HDA", "MLP+DA", "MLP+HDA", "MLP+HDA-ITM", "MLP+HDA-adapters"]
+
+    def fake_train(run_config, workdir):
+        writer = metrics_writer.MetricsWriter(workdir)
+        writer.write_scalars(1, {"loss": 1.0 if run_config.model.tracking.enabled else 2.0})
+        writer.close()
+        jf = {"none": 0.3, "da": 0.4, "hda": 0.5}[run_config.model.dense.mode]
+        return loop.TrainSummary(step=1, losses={}, compilations=1, resumed_from=None,
+                                 evaluations={1: {"J&F": jf}}, trainable_params=7)
+
+    rows = sweep.run_arms(config, str(tmp_path), arms, steps=1, train_fn=fake_train)
+    assert [row["arm"] for row in rows] == [name for name, _ in arms]
+    assert [row["eval/J&F"] for row in rows] == [0.3, 0.4, 0.5, 0.4, 0.5, 0.5, 0.5]
+    assert rows[5]["final_loss"] == 2.0 and rows[5]["trainable_params"] == 7
+    sweep.write_markdown(rows, str(tmp_path / "sweep.md"))
+    table = (tmp_path / "sweep.md").read_text().splitlines()
+    assert table[0].startswith("| arm | model.sparse.use_words | model.dense.mode |") and len(table) == 2 + len(rows)
+    sweep.plot_rows(rows, [name for name, _ in arms], str(tmp_path / "sweep.png"))
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

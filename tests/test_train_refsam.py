@@ -71,9 +71,9 @@ def test_refsam_trains_evaluates_and_rejects_a_checkpoint_of_another_model(tmp_p
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
 
     other = small_demo_config(**{"total_steps": 3, "model.sam.checkpoint": str(tmp_path / "sam"),
-                                 "model.mlp.num_hidden_layers": 1})
+                                 "model.mlp.hidden_layers": 2})
     with pytest.raises(checkpoint_lib.CheckpointMismatchError,
-                       match="mlp.num_hidden_layers: 0 in the checkpoint, 1 now"):
+                       match="mlp.hidden_layers: 1 in the checkpoint, 2 now"):
         task_lib.train_and_evaluate(other, str(tmp_path / "run"))
 
 
@@ -151,3 +151,52 @@ def test_relative_workdir_killed_then_resumed_from_another_directory(tmp_path):
     steps = [record["step"] for record in metrics_writer.read_metrics(str(first / "runs" / "r"))]
     assert steps[-2:] == [saved + 1, saved + 2]
     assert not os.path.exists(second / "runs") and os.path.isdir(checkpoints / str(saved + 2))
+
+
+def test_model_switches_by_override_train_what_they_build(tmp_path):
+    """Switches set after get_config (as --config.* overrides do) change the model, and the trainable groups
+    follow: LoRA trains, and there are no tracking, adapter or dense parameters once they are switched off."""
+    from refsam_jax.model.refsam import build_refsam
+
+    config = small_demo_config(**{"model.lora.rank": 2, "model.tracking.enabled": False,
+                                  "model.adapter.placement": "none", "model.dense.mode": "origin",
+                                  "model.mlp.hidden_layers": 0})
+    summary = task_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert sorted(summary.losses) == [1, 2]
+    meta = checkpoint_lib.TrainCheckpointer(str(tmp_path / "run" / "checkpoints"), max_to_keep=1).read_meta(2)
+    trained = set(meta["trainable_shapes"])
+    assert any(".attn.proj.w_a." in p for p in trained) and any(".attn.proj.w_b." in p for p in trained)
+    assert not any(p.startswith(("tracking.", "dense.")) or "Adapter" in p for p in trained)
+    assert {p for p in trained if p.startswith("resizer.")} == {"resizer.layers.0.kernel", "resizer.layers.0.bias"}
+    model = build_refsam(task_lib.model_config_without_weights(config), seed=config.seed)
+    assert model.tracking is None
+    w_b = model.sam.image_encoder.blocks[0].attn.proj.w_b.kernel[...]
+    assert not w_b.any()  # LoRA's w_b starts at zero ...
+    checkpoint_lib.load_trained_params(model, str(tmp_path / "run" / "checkpoints"), config.model.to_dict())
+    assert model.sam.image_encoder.blocks[0].attn.proj.w_b.kernel[...].any()  # ... and has moved.
+
+
+def test_a_built_module_that_no_rule_trains_is_an_error(tmp_path):
+    config = small_demo_config(**{"model.lora.rank": 2})
+    with config.unlocked():
+        config.trainable = ((r"^resizer\.", "mlp"), (r"^dense\.", "dense"), (r"^tracking\.", "tracking"),
+                            (r"Adapter\.", "adapter"), (r"^sam\.mask_decoder\.", "mask_decoder"))
+    with pytest.raises(ValueError, match=r"would stay frozen .* sam\.image_encoder\.blocks\.0\.attn\.proj\.w_a"):
+        task_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_faithful_preset_trains_and_evaluates(tmp_path):
+    faithful = runpy.run_path(DEMO)["get_config"]("faithful")
+    assert not faithful.model.text_attention_mask and not faithful.model.adapter.zero_init
+    assert faithful.data.augment.per_frame and faithful.eval.threshold == 0.01
+    assert "adapter" not in {group for _, group in faithful.trainable}
+    config = small_demo_config(**{"model.text_attention_mask": False, "model.adapter.zero_init": False,
+                                  "data.augment.per_frame": True, "eval.threshold": 0.01,
+                                  "model.dense.tokens": "sentence", "model.tracking.qim_previous": False})
+    with config.unlocked():
+        config.trainable, config.frozen_on_purpose = faithful.trainable, faithful.frozen_on_purpose
+    summary = task_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert sorted(summary.losses) == [1, 2] and 0.0 <= summary.evaluations[2]["J&F"] <= 1.0
+    meta = checkpoint_lib.TrainCheckpointer(str(tmp_path / "run" / "checkpoints"), max_to_keep=1).read_meta(2)
+    assert not any("Adapter" in p for p in meta["trainable_shapes"])

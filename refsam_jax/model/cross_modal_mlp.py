@@ -1,7 +1,8 @@
 """Cross-Modal MLP (official `FeatureResizer`, spec §3.5): text features -> L2-normalised prompt embeddings.
 
-mode "mlp":    Linear(C, C/2) -> ReLU -> [Dropout] -> k x [Linear(C/2, C/2) -> ReLU -> [Dropout]] -> Linear(C/2, out)
-mode "linear": Linear(C, out)
+n hidden layers:  Linear(C, C/2) -> ReLU -> [Dropout] -> (n-1) x [Linear(C/2, C/2) -> ReLU -> [Dropout]]
+                  -> Linear(C/2, out)               (official: n = 1)
+0 hidden layers:  Linear(C, out)
 
 The same weights map every word feature (the sparse prompts) and the pooled sentence feature. There is no
 normalisation inside; the caller's outputs are L2-normalised (`prompts`). Dropout follows every ReLU when
@@ -26,15 +27,10 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
 class CrossModalMLP(nnx.Module):
     """`[..., C] -> [..., out_dim]` token-wise MLP (not normalised)."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, mode: str = "mlp", num_hidden_layers: int = 0,
-                 dropout: float = 0.0, rngs: nnx.Rngs):
-        if mode == "mlp":
-            hidden = in_dim // 2
-            dims = [in_dim] + [hidden] * (num_hidden_layers + 1) + [out_dim]
-        elif mode == "linear":
-            dims = [in_dim, out_dim]
-        else:
-            raise ValueError(f"CrossModalMLP mode {mode!r} is not one of 'mlp', 'linear'")
+    def __init__(self, in_dim: int, out_dim: int, *, hidden_layers: int = 1, dropout: float = 0.0, rngs: nnx.Rngs):
+        if hidden_layers < 0:
+            raise ValueError(f"CrossModalMLP hidden_layers must be >= 0, got {hidden_layers}")
+        dims = [in_dim] + [in_dim // 2] * hidden_layers + [out_dim]
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 

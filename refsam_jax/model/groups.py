@@ -5,6 +5,7 @@ frozen (SAM's ViT, neck and prompt encoder). The training code builds its `optax
 from these rules.
 """
 
+import re
 from typing import Dict, Optional, Sequence, Tuple
 
 import ml_collections
@@ -24,6 +25,11 @@ TRAINABLE_GROUPS: Tuple[Tuple[str, str], ...] = (
 
 GROUP_NAMES = tuple(dict.fromkeys(group for _, group in TRAINABLE_GROUPS))
 
+# The parameters RefSAM adds to SAM. They start random (or at zero), so leaving one frozen is a mistake;
+# SAM's own parameters, the mask decoder included, may be frozen on purpose.
+ADDED_PARAMETERS = (r"^(resizer|dense|tracking)\.|"
+                    r"^sam\.image_encoder\.blocks\.\d+\.(Space_Adapter|MLP_Adapter|attn\.proj\.w_a|attn\.proj\.w_b)\.")
+
 
 def trainable_rules(model_config: ml_collections.ConfigDict) -> Tuple[Tuple[str, str], ...]:
     """The (regex, group) rules for the groups this model config has parameters for."""
@@ -37,6 +43,17 @@ def trainable_rules(model_config: ml_collections.ConfigDict) -> Tuple[Tuple[str,
     if model_config.tracking.enabled:
         present.add("tracking")
     return tuple((regex, group) for regex, group in TRAINABLE_GROUPS if group in present)
+
+
+def check_added_parameters_train(frozen_paths: Sequence[str]) -> None:
+    """Raises ValueError naming the parameters RefSAM adds to SAM (`ADDED_PARAMETERS`) among `frozen_paths`."""
+    untrained = [path for path in frozen_paths if re.search(ADDED_PARAMETERS, path)]
+    if untrained:
+        shown = ", ".join(untrained[:5]) + (f" ... and {len(untrained) - 5} more" if len(untrained) > 5 else "")
+        raise ValueError(f"{len(untrained)} parameter(s) that RefSAM adds to SAM would stay frozen at their "
+                         f"initialisation: no rule of config.trainable covers {shown}. Leave config.trainable "
+                         f"empty for the paper's groups, add a rule, switch the module off in config.model, or "
+                         f"name them in config.frozen_on_purpose")
 
 
 def param_groups(model: nnx.Module, rules: Rules = TRAINABLE_GROUPS) -> Dict[str, str]:

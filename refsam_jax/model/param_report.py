@@ -26,7 +26,7 @@ VARIANTS = (
     ("HDA conv fusion", {"hda.fusion": "conv"}),
     ("DA instead of HDA", {"dense.mode": "da"}),
     ("DA, no tracking module", {"dense.mode": "da", "tracking.enabled": False}),
-    ("MLP with k=1 extra hidden layer", {"mlp.num_hidden_layers": 1}),
+    ("MLP with 2 hidden layers", {"mlp.hidden_layers": 2}),
 )
 
 NOTES = """\

@@ -82,8 +82,9 @@ class RefSAM(nnx.Module):
         self.normalize_image_embedding = bool(config.normalize_image_embedding)
         self.use_words = bool(config.sparse.use_words)
         self.dense_mode = str(config.dense.mode)
-        self.resizer = CrossModalMLP(self.text_width, dim, mode=config.mlp.mode,
-                                     num_hidden_layers=config.mlp.num_hidden_layers, dropout=config.mlp.dropout,
+        self.dense_tokens = str(config.dense.tokens)
+        self.resizer = CrossModalMLP(self.text_width, dim, hidden_layers=config.mlp.hidden_layers,
+                                     dropout=config.mlp.dropout,
                                      rngs=rngs)
         if self.dense_mode == "da":
             self.dense = DenseAttention(dim, temperature=config.dense.temperature, rngs=rngs)
@@ -94,7 +95,8 @@ class RefSAM(nnx.Module):
                 rngs=rngs)
         else:
             self.dense = None
-        self.tracking = (ImplicitTrackingModule(dim, token_mlp=config.tracking.token_mlp, rngs=rngs)
+        self.tracking = (ImplicitTrackingModule(dim, token_mlp=config.tracking.token_mlp,
+                                                qim_previous=config.tracking.qim_previous, rngs=rngs)
                          if config.tracking.enabled else None)
 
     def _text_mask(self, text_mask: jax.Array) -> jax.Array:
@@ -129,8 +131,12 @@ class RefSAM(nnx.Module):
             return jnp.broadcast_to(no_mask.reshape(1, 1, 1, -1), normalized.shape)
         if self.dense_mode == "origin":
             return normalized + sentence[:, None, None, :]
-        tokens = jnp.concatenate([words, sentence[:, None, :]], axis=1)
-        token_mask = jnp.concatenate([text_mask, jnp.ones_like(text_mask[:, :1])], axis=1)
+        tokens, token_mask = {
+            "words": (words, text_mask),
+            "sentence": (sentence[:, None, :], jnp.ones_like(text_mask[:, :1])),
+            "both": (jnp.concatenate([words, sentence[:, None, :]], axis=1),
+                     jnp.concatenate([text_mask, jnp.ones_like(text_mask[:, :1])], axis=1)),
+        }[self.dense_tokens]
         return self.dense(normalized, tokens, token_mask, interm)
 
     def decode_frame(self, image_embedding: jax.Array, interm: Sequence[jax.Array], words: jax.Array,

@@ -71,12 +71,14 @@ class ImplicitTrackingModule(nnx.Module):
 
     `temporal_aggregation_network` is the QIM (official attribute name). `track_token_mlp` (optional, GUESS:
     the inference scripts load a module of that name that was never released) maps the previous track token
-    before it enters the decoder as an extra prompt token.
+    before it enters the decoder as an extra prompt token. `qim_previous=False` drops the previous track token
+    from the QIM's input (an ablation: the token then carries no memory beyond one frame).
     """
 
-    def __init__(self, dim: int, *, token_mlp: bool = False, rngs: nnx.Rngs):
+    def __init__(self, dim: int, *, token_mlp: bool = False, qim_previous: bool = True, rngs: nnx.Rngs):
         self.temporal_aggregation_network = QueryInteractionModule(dim, 4 * dim, 8, rngs=rngs)
         self.track_token_mlp = MLPBlock(dim, dim, jax.nn.relu, rngs) if token_mlp else None
+        self.qim_previous = qim_previous
 
     def prompt(self, track_token: jax.Array) -> jax.Array:
         """The decoder prompt for the previous track token: `[B, dim] -> [B, dim]`."""
@@ -84,5 +86,7 @@ class ImplicitTrackingModule(nnx.Module):
 
     def __call__(self, main_token: jax.Array, track_token: jax.Array, has_token: jax.Array) -> jax.Array:
         """`tau_t = QIM(o_t + tau_{t-1})` where `has_token [B]`, else `QIM(o_t)`; tokens `[B, dim]`."""
+        if not self.qim_previous:
+            return self.temporal_aggregation_network(main_token[:, None, :])[:, 0, :]
         queries = main_token + jnp.where(has_token[:, None], track_token, 0.0)
         return self.temporal_aggregation_network(queries[:, None, :])[:, 0, :]

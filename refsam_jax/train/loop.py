@@ -70,6 +70,9 @@ class Task(abc.ABC):
         """Host-side transform of each batch before it is sharded (e.g. a text-feature cache)."""
         return batch
 
+    def check_split(self, split: optimizer_lib.TrainableSplit) -> None:
+        """Raises if the trainable/frozen split (of the abstract model) is not one this task can train."""
+
     def evaluate(self, model: nnx.Module) -> Optional[Dict[str, float]]:
         """`{metric: value}` of the model, or None when the task has no evaluation."""
         return None
@@ -84,6 +87,7 @@ class TrainSummary:
     compilations: int
     resumed_from: Optional[int]
     evaluations: Dict[int, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    trainable_params: int = 0
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -212,6 +216,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     # Checks on the abstract model: no weights, no compute.
     abstract = optimizer_lib.split_trainable(nnx.eval_shape(task.build_model), config.trainable)
+    task.check_split(abstract)
     optimizer, schedules = optimizer_lib.make_optimizer(config.optim, abstract.labels, config.total_steps)
     trainable_shapes = checkpoint_lib.describe_params(abstract.trainable)
     checkpointer = checkpoint_lib.TrainCheckpointer(
@@ -298,4 +303,5 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         progress.close()
         writer.close()
     return TrainSummary(step=step, losses=log.losses, compilations=train_step._cache_size(),
-                        resumed_from=resume_step, evaluations=evaluations)
+                        resumed_from=resume_step, evaluations=evaluations,
+                        trainable_params=sum(optimizer_lib.group_sizes(trainable, labels).values()))

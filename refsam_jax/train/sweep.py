@@ -10,8 +10,12 @@ import itertools
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import matplotlib
 import ml_collections
 from absl import logging
+
+matplotlib.use("Agg")  # Files only, no display.
+import matplotlib.pyplot as plt  # noqa: E402
 
 from refsam_jax.train import loop, metrics_writer
 
@@ -73,33 +77,52 @@ def final_loss(workdir: str, average_last: int) -> float:
     return sum(tail) / len(tail)
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid: Sequence[Tuple[str, List[Any]]],
-              steps: Optional[int] = None, average_last: int = 10, *,
-              train_fn: Callable[[ml_collections.ConfigDict, str], loop.TrainSummary]) -> List[Dict[str, Any]]:
-    """Trains every combination of `grid` with `train_fn(config, run_dir)`; returns one row per run (the grid
-    values, final_loss and the last evaluation's metrics)."""
+Arm = Tuple[str, Sequence[Tuple[str, Any]]]  # (name, [(config key, value), ...])
+
+
+def grid_arms(grid: Sequence[Tuple[str, List[Any]]]) -> List[Arm]:
+    """Every combination of `grid`, named by `run_name`."""
     keys = [key for key, _ in grid]
-    if steps is not None and "total_steps" in keys:
+    combinations = [list(zip(keys, values)) for values in itertools.product(*(values for _, values in grid))]
+    return [(run_name(assignment), assignment) for assignment in combinations]
+
+
+def run_arms(config: ml_collections.ConfigDict, workdir: str, arms: Sequence[Arm], steps: Optional[int] = None,
+             average_last: int = 10, *, train_fn: Callable[[ml_collections.ConfigDict, str], loop.TrainSummary],
+             name_column: bool = True) -> List[Dict[str, Any]]:
+    """Trains `config` with the overrides of every arm, each with `train_fn(config, <workdir>/<arm name>)`;
+    returns one row per arm: its name (`name_column`), the overridden values, final_loss, the trainable
+    parameter count (when the run reports it) and the last evaluation's metrics."""
+    if steps is not None and any(key == "total_steps" for _, assignment in arms for key, _ in assignment):
         raise ValueError("total_steps is swept in --grid: do not also give --steps")
     rows = []
-    for values in itertools.product(*(values for _, values in grid)):
-        assignment = list(zip(keys, values))
+    for name, assignment in arms:
         run_config = config.copy_and_resolve_references()
         with run_config.unlocked():
             for key, value in assignment:
+                get_key(run_config, key)  # An unknown key is an error, not a new key.
                 _set_key(run_config, key, value)
             if steps is not None:
                 run_config.total_steps = steps
             run_config.log_every = 1
-        run_dir = os.path.join(workdir, run_name(assignment))
+        run_dir = os.path.join(workdir, name)
         logging.info("sweep run %s", run_dir)
         summary = train_fn(run_config, run_dir)
-        row = dict(assignment)
+        row = ({"arm": name} if name_column else {}) | dict(assignment)
         row["final_loss"] = final_loss(run_dir, average_last)
+        if summary.trainable_params:
+            row["trainable_params"] = summary.trainable_params
         for step in sorted(summary.evaluations)[-1:]:
-            row.update({f"eval/{name}": value for name, value in summary.evaluations[step].items()})
+            row.update({f"eval/{metric}": value for metric, value in summary.evaluations[step].items()})
         rows.append(row)
     return rows
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, grid: Sequence[Tuple[str, List[Any]]],
+              steps: Optional[int] = None, average_last: int = 10, *,
+              train_fn: Callable[[ml_collections.ConfigDict, str], loop.TrainSummary]) -> List[Dict[str, Any]]:
+    """Trains every combination of `grid` (`run_arms` over `grid_arms`); rows hold the grid values."""
+    return run_arms(config, workdir, grid_arms(grid), steps, average_last, train_fn=train_fn, name_column=False)
 
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
@@ -118,3 +141,30 @@ def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_markdown(rows: Sequence[Dict[str, Any]], path: str) -> None:
+    """The rows as a Markdown table."""
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot_rows(rows: Sequence[Dict[str, Any]], names: Sequence[str], path: str,
+              metrics: Sequence[str] = ("eval/J&F", "final_loss")) -> None:
+    """One bar chart per metric the rows have (a panel each), a bar per row labelled by `names`; a PNG."""
+    metrics = [m for m in metrics if any(m in row for row in rows)]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 + 0.9 * len(rows) * len(metrics), 4.5), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        values = [row.get(metric, float("nan")) for row in rows]
+        bars = axis.bar(range(len(rows)), values, color="tab:blue" if metric.startswith("eval") else "tab:orange")
+        axis.bar_label(bars, fmt="%.3f", fontsize=8)
+        axis.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=9)
+        axis.set_title(metric)
+        axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
