@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.optimize import linear_sum_assignment
 
 from refsam_jax.evaluation import EvaluationInputError, ref_davis
 from refsam_jax.evaluation import __main__ as cli
@@ -113,7 +114,7 @@ def test_identity_matching_keeps_swapped_ids_wrong(davis_tree):
     assert result.summary()["F"] == pytest.approx(0.5)
 
 
-def test_void_is_background_and_later_ids_unscored(tmp_path):
+def test_void_is_excluded_and_later_ids_unscored(tmp_path):
     labels = np.zeros((H, W), np.uint8)
     labels[5:9, 5:9] = 1
     ring = np.zeros((H, W), bool)
@@ -126,9 +127,262 @@ def test_void_is_background_and_later_ids_unscored(tmp_path):
     pred = np.where(ring, 1, 0).astype(np.uint8)
     _write_predictions(str(tmp_path / "pred"), 0, {"seq": [pred] * 3})
     result = ref_davis.evaluate_ref_davis(str(tmp_path / "pred"), str(tmp_path / "DAVIS"), annotators=[0])
-    # The 255 ring is background as in the official code: J = 16 / 36 on every frame.
+    # The 255 ring is void and left out of both masks, as in the official code: the prediction's
+    # non-void part is the 4x4 object itself -> J = 16 / 16 on every frame (void as background
+    # would give 16 / 36).
     (obj,) = result.sets[0].objects
-    assert obj.j_mean == pytest.approx(16 / 36)
+    assert obj.j_mean == pytest.approx(1.0)
+
+
+def _row(width, runs):
+    """A 1 x width label row: `runs` maps a label to the pixel indices that get it."""
+    row = np.zeros((1, width), np.uint8)
+    for label, pixels in runs.items():
+        row[0, list(pixels)] = label
+    return row
+
+
+def test_void_hand_worked(tmp_path):
+    # 1 x 16 frames: F radius = ceil(0.008 * sqrt(1 + 16^2)) = ceil(0.128) = 1, and in a single row a
+    # pixel x < 15 is boundary when it differs from pixel x + 1 (pixel 15 never is). V = 255.
+    #   frame 0  GT   . 1 1 . . . V . . . . 2 2 . . .    pred  . 1 1 1 1 1 1 1 1 . . 2 2 . . .
+    #   frame 1  GT   . 1 1 . . . . . . . . V V V . .    pred  . 1 1 . . . . . . . . . 2 . . .
+    gt = [_row(16, {1: (1, 2), 255: (6,), 2: (11, 12)}), _row(16, {1: (1, 2), 255: (11, 12, 13)})]
+    pred = [_row(16, {1: range(1, 9), 2: (11, 12)}), _row(16, {1: (1, 2), 2: (12,)})]
+    _write_davis(str(tmp_path / "DAVIS"), {"seq": gt})
+    _write_predictions(str(tmp_path / "pred"), 0, {"seq": pred})
+    result = ref_davis.evaluate_ref_davis(str(tmp_path / "pred"), str(tmp_path / "DAVIS"), annotators=[0])
+    # Object 1, frame 0: void pixel 6 leaves both masks.
+    #   J = |{1, 2}| / |{1..8} - {6}| = 2 / 7   (void as background would give 2 / 8).
+    #   F: pred - void = {1..5, 7, 8} has boundary {0, 5, 6, 8}; GT {1, 2} has boundary {0, 2}.
+    #      dilate(GT boundary) = {0..3} holds pred boundary 0 only -> P = 1/4;
+    #      dilate(pred boundary) = {0, 1, 4..9} holds GT boundary 0, not 2 -> R = 1/2;
+    #      F = 2 * 1/4 * 1/2 / (3/4) = 1/3   (void as background: boundaries {0, 8} -> P = R = 1/2, F = 1/2).
+    # Object 1, frame 1: identical masks -> J = F = 1. Per object: J = (2/7 + 1) / 2 = 9/14,
+    #   F = (1/3 + 1) / 2 = 2/3.
+    # Object 2: frame 0 identical -> 1, 1. Frame 1: absent in GT, and the predicted pixel 12 is void, so
+    #   nothing is left on either side: empty union -> J = 1, no boundaries -> P = R = 1 -> F = 1
+    #   (void as background would make it a false positive: J = 0, F = 0). Per object J = F = 1.
+    # Cross pairs (proposal 1 / object 2, proposal 2 / object 1) score 0 everywhere, so the matching is
+    # the identity. Set: J = (9/14 + 1) / 2 = 23/28, F = (2/3 + 1) / 2 = 5/6, J&F = 139/168.
+    obj1, obj2 = result.sets[0].objects
+    assert (obj1.proposal_id, obj2.proposal_id) == (1, 2)
+    assert (obj1.j_mean, obj1.f_mean) == pytest.approx((9 / 14, 2 / 3), abs=1e-12)
+    assert (obj2.j_mean, obj2.f_mean) == pytest.approx((1.0, 1.0), abs=1e-12)
+    summary = result.summary()
+    assert (summary["J"], summary["F"], summary["JF"]) == pytest.approx((23 / 28, 5 / 6, 139 / 168),
+                                                                      abs=1e-12)
+
+
+# A transcription of the official unsupervised DAVIS-2017 evaluation (davisvideochallenge/
+# davis2017-evaluation), numpy only and independent of refsam_jax.evaluation.metrics. Each function
+# names the official one it stands for; skimage's disk + cv2.dilate become a loop over disk offsets.
+
+def _official_gt_masks(frames):
+    """davis.py `DAVIS.get_all_masks(seq, True)`: per-object bool masks [N, T, H, W] and void [T, H, W]."""
+    ids = np.stack(frames).astype(np.float64)
+    void = ids == 255  # taken before 255 is set to 0
+    ids[void] = 0
+    num_objects = int(ids[0].max())  # ids of the first frame only
+    return np.arange(1, num_objects + 1)[:, None, None, None] == ids[None], void
+
+
+def _official_read_masks(frames):
+    """results.py `Results.read_masks`: per-proposal bool masks [M, T, H, W], M = largest id."""
+    ids = np.stack(frames).astype(np.float64)
+    return np.arange(1, int(ids.max()) + 1)[:, None, None, None] == ids[None]
+
+
+def _official_iou(annotation, segmentation, void):
+    """metrics.py `db_eval_iou` on [T, H, W]: void left out of intersection and union; empty union -> 1."""
+    kept = np.logical_not(void)
+    inters = np.sum(segmentation & annotation & kept, axis=(-2, -1))
+    union = np.sum((segmentation | annotation) & kept, axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        j = inters / union
+    j[np.isclose(union, 0)] = 1
+    return j
+
+
+def _official_bmap(seg):
+    """metrics.py `_seg2bmap` (same-size branch)."""
+    seg = seg.astype(bool)
+    right, down, diag = np.zeros_like(seg), np.zeros_like(seg), np.zeros_like(seg)
+    right[:, :-1] = seg[:, 1:]
+    down[:-1, :] = seg[1:, :]
+    diag[:-1, :-1] = seg[1:, 1:]
+    b = (seg ^ right) | (seg ^ down) | (seg ^ diag)
+    b[-1, :] = seg[-1, :] ^ right[-1, :]
+    b[:, -1] = seg[:, -1] ^ down[:, -1]
+    b[-1, -1] = False
+    return b
+
+
+def _official_dilate(b, radius):
+    """cv2.dilate(b, skimage.morphology.disk(radius)): zeros outside the image."""
+    h, w = b.shape
+    padded = np.pad(b, radius)
+    out = np.zeros_like(b)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy * dy + dx * dx <= radius * radius:
+                out |= padded[radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+    return out
+
+
+def _official_f_measure(foreground, gt, void, bound_th=0.008):
+    """metrics.py `f_measure(foreground_mask, gt_mask, void_pixels)`: void zeroed in both masks first."""
+    radius = bound_th if bound_th >= 1 else np.ceil(bound_th * np.linalg.norm(foreground.shape))
+    fg_b = _official_bmap(foreground & np.logical_not(void))
+    gt_b = _official_bmap(gt & np.logical_not(void))
+    fg_dil, gt_dil = _official_dilate(fg_b, int(radius)), _official_dilate(gt_b, int(radius))
+    n_fg, n_gt = np.sum(fg_b), np.sum(gt_b)
+    if n_fg == 0 and n_gt > 0:
+        precision, recall = 1, 0
+    elif n_fg > 0 and n_gt == 0:
+        precision, recall = 0, 1
+    elif n_fg == 0 and n_gt == 0:
+        precision, recall = 1, 1
+    else:
+        precision = np.sum(fg_b & gt_dil) / float(n_fg)
+        recall = np.sum(gt_b & fg_dil) / float(n_gt)
+    return 0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def _official_boundary(annotation, segmentation, void, bound_th=0.008):
+    """metrics.py `db_eval_boundary` on [T, H, W]: `f_measure(segmentation[t], annotation[t], void[t])`."""
+    return np.array([_official_f_measure(segmentation[t], annotation[t], void[t], bound_th)
+                     for t in range(annotation.shape[0])])
+
+
+def _official_unsupervised(gt_masks, res_masks, void, max_n_proposals=20):
+    """evaluation.py `DAVISEvaluation._evaluate_unsupervised` with metric ('J', 'F')."""
+    assert res_masks.shape[0] <= max_n_proposals  # the official code exits
+    if res_masks.shape[0] < gt_masks.shape[0]:
+        padding = np.zeros((gt_masks.shape[0] - res_masks.shape[0],) + res_masks.shape[1:], bool)
+        res_masks = np.concatenate([res_masks, padding])
+    j = np.zeros((res_masks.shape[0], gt_masks.shape[0], gt_masks.shape[1]))
+    f = np.zeros_like(j)
+    for ii in range(gt_masks.shape[0]):
+        for jj in range(res_masks.shape[0]):
+            j[jj, ii] = _official_iou(gt_masks[ii], res_masks[jj], void)
+            f[jj, ii] = _official_boundary(gt_masks[ii], res_masks[jj], void)
+    rows, cols = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
+    return j[rows, cols], f[rows, cols]
+
+
+def _official_statistics(values):
+    """utils.py `db_statistics`: mean, recall (> 0.5), decay (first - last of 4 bins)."""
+    ids = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(np.uint8)
+    bins = [values[ids[i]:ids[i + 1] + 1] for i in range(4)]
+    return np.nanmean(values), np.nanmean(values > 0.5), np.nanmean(bins[0]) - np.nanmean(bins[3])
+
+
+def _official_evaluate(videos, void_as_background=False):
+    """evaluation.py `DAVISEvaluation.evaluate` + evaluation_method.py's global J, F, J&F (and
+    recall/decay) over {name: (gt frames, predicted frames)}; also the per-sequence object means."""
+    stats = {key: [] for key in ("J", "J_recall", "J_decay", "F", "F_recall", "F_decay")}
+    per_sequence = {}
+    for name, (gt_frames, pred_frames) in videos.items():
+        gt_masks, void = _official_gt_masks(gt_frames)
+        if void_as_background:
+            void = np.zeros_like(void)
+        j, f = _official_unsupervised(gt_masks, _official_read_masks(pred_frames), void)
+        per_sequence[name] = (sorted(float(np.mean(v)) for v in j), sorted(float(np.mean(v)) for v in f))
+        for values, prefix in ((j, "J"), (f, "F")):
+            for per_object in values:
+                mean, recall, decay = _official_statistics(per_object)
+                stats[prefix].append(mean)
+                stats[prefix + "_recall"].append(recall)
+                stats[prefix + "_decay"].append(decay)
+    out = {key: float(np.mean(v)) for key, v in stats.items()}
+    out["JF"] = (out["J"] + out["F"]) / 2
+    return out, per_sequence
+
+
+def _random_video(rng, num_frames, height, width):
+    """GT and prediction id frames with void bands and blocks, objects absent in some frames, ids that
+    start later, and predictions with swapped, dropped, shifted, spurious and void-covering ids."""
+    num_objects = int(rng.integers(1, 5))
+    yy, xx = np.mgrid[:height, :width]
+    centres = rng.uniform(0, 1, (num_objects + 1, 2)) * (height, width)
+    radii = rng.uniform(0.1, 0.35, (num_objects + 1, 2)) * (height, width) + 1
+    band = rng.random() < 0.8
+    gt_frames = []
+    for t in range(num_frames):
+        labels = np.zeros((height, width), np.uint8)
+        for k in range(num_objects + 1):
+            if k == num_objects and t == 0:
+                continue  # id num_objects + 1 only appears later: not scored
+            if t > 0 and rng.random() < 0.2:
+                continue  # object absent in this frame
+            cy, cx = centres[k] + t * rng.uniform(-2, 2, 2)
+            shape = ((yy - cy) / radii[k, 0]) ** 2 + ((xx - cx) / radii[k, 1]) ** 2 < 1
+            if rng.random() < 0.3:
+                shape = (np.abs(yy - cy) < radii[k, 0]) & (np.abs(xx - cx) < radii[k, 1])
+            labels[shape & (labels == 0)] = k + 1
+        objects = labels > 0
+        if band:  # a 1-2 px void band around the objects, as DAVIS annotations have
+            grown = objects.copy()
+            for _ in range(int(rng.integers(1, 3))):
+                grown = _official_dilate(grown, 1)
+            labels[grown & ~objects] = 255
+        if rng.random() < 0.5:  # a void block, possibly over an object
+            y, x = rng.integers(0, height), rng.integers(0, width)
+            dy, dx = int(rng.integers(1, height // 2 + 2)), int(rng.integers(1, width // 2 + 2))
+            labels[y:y + dy, x:x + dx] = 255
+        labels[rng.random((height, width)) < 0.01] = 255
+        gt_frames.append(labels)
+    if rng.random() < 0.1:
+        return gt_frames, [np.zeros((height, width), np.uint8)] * num_frames  # nothing predicted
+    num_ids = int(rng.integers(1, num_objects + 4))  # fewer ids than objects -> padding; more -> spurious
+    relabel = rng.permutation(np.arange(1, max(num_ids, num_objects + 1) + 1))  # swapped ids
+    pred_frames = []
+    for labels in gt_frames:
+        ids = labels.astype(np.int64)
+        ids[ids == 255] = rng.integers(0, num_objects + 2, int(np.sum(ids == 255)))
+        ids = np.where(ids > 0, relabel[np.maximum(ids, 1) - 1], 0)
+        ids[ids > num_ids] = 0
+        ids = np.roll(ids, tuple(rng.integers(-2, 3, 2)), axis=(0, 1))
+        if rng.random() < 0.3:
+            ids[ids == rng.integers(1, num_ids + 1)] = 0  # a dropped object
+        if rng.random() < 0.5:  # a spurious blob
+            y, x = rng.integers(0, height), rng.integers(0, width)
+            ids[y:y + int(rng.integers(1, 8)), x:x + int(rng.integers(1, 8))] = rng.integers(1, num_ids + 1)
+        noise = rng.random((height, width)) < 0.02
+        ids[noise] = rng.integers(0, num_ids + 1, int(noise.sum()))
+        pred_frames.append(ids.astype(np.uint8))
+    return gt_frames, pred_frames
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_official_unsupervised_transcription(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    # Radius 1 at 20x30 and 41x57, 2 at 70x110 (ceil(0.008 * 130.4) = 2); 1 x 40 is a single row.
+    sizes = [(20, 30), (41, 57), (70, 110), (1, 40)]
+    videos = {}
+    for i in range(8):
+        height, width = sizes[i % len(sizes)]
+        videos[f"seq{i}"] = _random_video(rng, int(rng.integers(1, 6)), height, width)
+    for name, (gt_frames, pred_frames) in videos.items():
+        frame_names = [f"{t:05d}" for t in range(len(gt_frames))]
+        for frame, gt_labels, pred_labels in zip(frame_names, gt_frames, pred_frames):
+            _palette_png(gt_labels, str(tmp_path / "DAVIS" / "Annotations_unsupervised" / "480p" / name
+                                        / f"{frame}.png"))
+            _palette_png(pred_labels, ref_davis.prediction_path(str(tmp_path / "pred"), 0, name, frame))
+    official, per_sequence = _official_evaluate(videos)
+    result = ref_davis.evaluate_ref_davis(str(tmp_path / "pred"), str(tmp_path / "DAVIS"),
+                                          annotators=[0], sequences=list(videos))
+    ours = result.summary()["sets"]["0"]
+    for key, value in official.items():
+        assert ours[key] == pytest.approx(value, abs=1e-6), key
+    for name, (j_means, f_means) in per_sequence.items():
+        objects = [o for o in result.sets[0].objects if o.sequence == name]
+        np.testing.assert_allclose(sorted(o.j_mean for o in objects), j_means, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(sorted(o.f_mean for o in objects), f_means, rtol=0, atol=1e-6)
+    # The data exercise the void rule: treating void as background changes the numbers.
+    background, _ = _official_evaluate(videos, void_as_background=True)
+    assert abs(background["JF"] - official["JF"]) > 1e-3
 
 
 def test_sequence_without_first_frame_objects(tmp_path):

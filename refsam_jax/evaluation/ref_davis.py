@@ -7,14 +7,22 @@ Protocol, as ReferFormer and RefSAM run it:
   index PNG (`merge_object_masks`; object k gets id k + 1) saved at `<pred>/<a>/<video>/<frame>.png`.
 - Each set is scored separately with DAVIS-2017 `--task unsupervised` on
   `DAVIS/Annotations_unsupervised/480p` and the sequences of `DAVIS/ImageSets/2017/<set>.txt`:
-  the GT objects are ids 1..max(first GT frame) (void 255 -> background, later ids unscored); the
+  the GT objects are ids 1..max(first GT frame) (void 255 aside; later ids are unscored); the
   proposals are ids 1..max over all predicted frames (at most 20), padded with empty masks up to the
   number of GT objects; every (proposal, object) pair gets per-frame J and F over all frames, and
   `linear_sum_assignment` on -(mean J + mean F) / 2 picks one proposal per object.
 - J-Mean (F-Mean) = mean over all objects of all sequences of the per-object frame mean; J&F is their
   average. The reported number is the plain mean of the 4 sets.
-Void: the official code sets 255 to background before separating objects, and its later void test
-compares a boolean mask with 255, which never holds; so void pixels count as background, as here.
+Void (255) GT pixels are left out of both masks, as in davisvideochallenge/davis2017-evaluation:
+`DAVIS.get_all_masks` (davis2017/davis.py) records each frame's void mask (`== 255`) before it sets
+255 to 0 and splits the objects, and `DAVISEvaluation._evaluate_unsupervised` passes that one
+`[T, H, W]` mask, the same for every (proposal, object) pair, to `db_eval_iou` and
+`db_eval_boundary` (davis2017/metrics.py). J counts intersection and union over non-void pixels only
+(an empty union gives J = 1); `f_measure` zeroes the void pixels of the predicted and of the GT mask
+before extracting their boundaries, so a void hole inside a prediction adds boundary pixels.
+(Revision 30b698a of that repository instead set 255 to 0 before anything else and then compared the
+boolean object masks with 255, which never holds, so void counted as background there; this module
+follows the revision with `masks_void` described above.)
 """
 
 import csv
@@ -135,14 +143,15 @@ def ground_truth_frames(davis_root: str, sequence: str, resolution: str = "480p"
 
 def read_ground_truth(davis_root: str, sequence: str,
                       resolution: str = "480p") -> Tuple[np.ndarray, List[str]]:
-    """`Annotations_unsupervised/<resolution>/<sequence>/*.png` -> (uint8 ids `[T, H, W]` with void
-    set to 0, frame names)."""
+    """`Annotations_unsupervised/<resolution>/<sequence>/*.png` -> (uint8 ids `[T, H, W]`, frame names).
+
+    The ids are as stored: void pixels keep `VOID_LABEL` (255); `score_sequence` separates them.
+    """
     folder = os.path.join(davis_root, "Annotations_unsupervised", resolution, sequence)
     frames = ground_truth_frames(davis_root, sequence, resolution)
     first = read_mask_png(os.path.join(folder, f"{frames[0]}.png"))
     labels = np.stack([first] + [read_mask_png(os.path.join(folder, f"{frame}.png"), first.shape)
                                  for frame in frames[1:]]).astype(np.uint8)
-    labels[labels == VOID_LABEL] = 0
     return labels, frames
 
 
@@ -197,19 +206,25 @@ class ObjectScore:
 def score_sequence(pred_labels: np.ndarray, gt_labels: np.ndarray, sequence: str,
                    matching: str = "hungarian",
                    bound_th: float = DEFAULT_BOUND_TH) -> List[ObjectScore]:
-    """Scores one sequence's predicted ids `[T, H, W]` against GT ids `[T, H, W]` (void already 0).
+    """Scores one sequence's predicted ids `[T, H, W]` against GT ids `[T, H, W]`.
 
-    GT objects are ids 1..max(first frame); proposals are ids 1..max(all predicted frames), padded
-    with empty masks to the number of objects. `matching="hungarian"` is the official assignment;
-    `"identity"` pairs proposal k with object k (a diagnostic, not the protocol).
+    GT pixels equal to `VOID_LABEL` (255) are void: they are left out of J and F of every pair
+    (module docstring). GT objects are ids 1..max(first frame, void aside); proposals are ids
+    1..max(all predicted frames), padded with empty masks to the number of objects.
+    `matching="hungarian"` is the official assignment; `"identity"` pairs proposal k with object k
+    (a diagnostic, not the protocol).
     """
     if matching not in MATCHINGS:
         raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
+    gt_labels = np.asarray(gt_labels)
+    void = gt_labels == VOID_LABEL
+    gt_labels = np.where(void, 0, gt_labels)
     num_objects = int(gt_labels[0].max(initial=0))
     if num_objects == 0:
         return []
     num_proposals = max(int(pred_labels.max(initial=0)), num_objects)
-    j, f = pairwise_jf(pred_labels, gt_labels, num_proposals, num_objects, bound_th=bound_th)
+    j, f = pairwise_jf(pred_labels, gt_labels, num_proposals, num_objects,
+                       void=void if void.any() else None, bound_th=bound_th)
     if matching == "hungarian":
         cost = (j.mean(axis=2) + f.mean(axis=2)) / 2
         proposals, objects = linear_sum_assignment(-cost)
@@ -333,7 +348,7 @@ def evaluate_ref_davis(pred_root: str, davis_root: str, subset: str = "val",
     without_objects = []
     for sequence in sequences:
         gt_labels, _ = read_ground_truth(davis_root, sequence, resolution)
-        if gt_labels[0].max() == 0:
+        if not np.any((gt_labels[0] != 0) & (gt_labels[0] != VOID_LABEL)):
             without_objects.append(sequence)
         for a in annotators:
             sequence_dir = os.path.join(annotator_dirs[a], sequence)
