@@ -55,9 +55,15 @@ def _flatten_config(config: Mapping[str, Any], prefix: str = "") -> Dict[str, An
     return flat
 
 
+def optimizer_structure(optim: Mapping[str, Any]) -> Dict[str, Any]:
+    """The `config.optim` settings that shape the optimizer state (a checkpoint's state fits only these)."""
+    return {"clip_grad_norm": bool(optim["clip_grad_norm"]), "accumulate_steps": int(optim["accumulate_steps"])}
+
+
 def check_meta(meta: Mapping[str, Any], model_config: Mapping[str, Any], trainable_shapes: Mapping[str, list],
-               source: str) -> None:
-    """Raises CheckpointMismatchError if the checkpoint at `source` was made for another model or groups."""
+               source: str, optimizer: Optional[Mapping[str, Any]] = None) -> None:
+    """Raises CheckpointMismatchError if the checkpoint at `source` was made for another model, groups or
+    optimizer structure (`optimizer_structure`)."""
     found = _flatten_config(meta["model_config"])
     expected = _flatten_config(json.loads(json.dumps(model_config)))
     if found != expected:
@@ -67,6 +73,14 @@ def check_meta(meta: Mapping[str, Any], model_config: Mapping[str, Any], trainab
         raise CheckpointMismatchError(
             f"{source} holds other trainable parameters (check the trainable rules):\n"
             f"{_differences(meta['trainable_shapes'], trainable_shapes)}")
+    saved = meta.get("optimizer")
+    if optimizer is not None and saved is not None and saved != dict(optimizer):
+        changed = ", ".join(f"config.optim.{key} ({'on' if saved[key] else 'off'} in the checkpoint, "
+                            f"{'on' if optimizer[key] else 'off'} now)" if isinstance(saved[key], bool) else
+                            f"config.optim.{key} ({saved[key]} in the checkpoint, {optimizer[key]} now)"
+                            for key in saved if saved[key] != optimizer.get(key))
+        raise CheckpointMismatchError(f"{source}: the optimizer state was saved with other settings: {changed}; "
+                                      f"resume with the checkpoint's settings, or train in a new workdir")
 
 
 class TrainCheckpointer:

@@ -51,6 +51,9 @@ def define_flags() -> dict:
         "chunk_size": flags.DEFINE_integer("chunk_size", 8, "Frames per model call."),
         "expression_batch": flags.DEFINE_integer("expression_batch", 4, "Expressions decoded together."),
         "max_videos": flags.DEFINE_integer("max_videos", 0, "Evaluate only the first N videos (0: all)."),
+        "valid_videos": flags.DEFINE_integer(
+            "valid_videos", 202, "ytvos_valid: videos the valid-minus-test split must have (the competition's "
+            "202; 0: no check, for other trees). Checked before any inference."),
     }
 
 
@@ -63,7 +66,8 @@ def data_locations(config, workdir: str, data_dir: Optional[str], manual_dir: Op
 
 def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, *,
              data_dir: Optional[str] = None, manual_dir: Optional[str] = None, threshold: float = 0.0,
-             chunk_size: int = 8, expression_batch: int = 4, max_videos: int = 0) -> Dict[str, object]:
+             chunk_size: int = 8, expression_batch: int = 4, max_videos: int = 0,
+             valid_videos: int = 202) -> Dict[str, object]:
     """Runs one evaluation of `loaded` (an `inference.LoadedModel`); writes its outputs and returns a summary."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
@@ -98,7 +102,7 @@ def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, 
     else:
         synthetic = bool(config.get("synthetic") and config.synthetic.enabled)
         report = predict_ytvos_valid(segmenter, data_dir, manual_dir, out_dir, builder_config=ytvos_config,
-                                     threshold=threshold, expected_num_videos=None if synthetic else 202)
+                                     threshold=threshold, expected_num_videos=None if synthetic or not valid_videos else valid_videos)
         summary.update(report.summary(), zip=os.path.join(out_dir, "submission.zip"))
     summary["seconds"] = time.perf_counter() - start
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -131,7 +135,7 @@ def main(argv, flag_values: dict):
     summary = evaluate(loaded, value["dataset"], workdir or value["workdir"], value["out"],
                        data_dir=value["data_dir"], manual_dir=value["manual_dir"], threshold=value["threshold"],
                        chunk_size=value["chunk_size"], expression_batch=value["expression_batch"],
-                       max_videos=value["max_videos"])
+                       max_videos=value["max_videos"], valid_videos=value["valid_videos"])
     print(format_summary(summary))
     print(f"outputs: {summary['out']}")
 

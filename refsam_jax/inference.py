@@ -103,18 +103,38 @@ class VideoFrames:
             reader.close()
 
 
+def _check_frame_sizes(frame_paths: Sequence[str]) -> None:
+    """Raises VideoInputError naming the first frame file that cannot be opened or differs in size from the
+    first (image headers only: no decoding)."""
+    first = None
+    for frame_path in frame_paths:
+        try:
+            with Image.open(frame_path) as image:
+                size = image.size
+        except (OSError, SyntaxError, ValueError) as e:
+            raise VideoInputError(f"cannot read frame {frame_path}: {e}") from e
+        if first is None:
+            first = (frame_path, size)
+        elif size != first[1]:
+            raise VideoInputError(f"frame {frame_path} is {size[0]}x{size[1]} but {first[0]} is "
+                                  f"{first[1][0]}x{first[1][1]}: all frames of a video must have one size")
+
+
 def open_video(path: str) -> VideoFrames:
     """A folder of frames (jpg/png/..., sorted by name) or a video file (.mp4, ...) -> VideoFrames."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        files = sorted(name for name in os.listdir(path) if name.lower().endswith(FRAME_EXTENSIONS))
+        files = sorted((name for name in os.listdir(path) if name.lower().endswith(FRAME_EXTENSIONS)),
+                       key=paths.natural_key)
         if not files:
             raise VideoInputError(f"no frames in {path}: expected image files ({', '.join(FRAME_EXTENSIONS)})")
         stems = [os.path.splitext(name)[0] for name in files]
         if len(set(stems)) != len(stems):
             duplicates = sorted({s for s in stems if stems.count(s) > 1})
             raise VideoInputError(f"{path} holds several files per frame name: {', '.join(duplicates[:5])}")
-        return VideoFrames(path, stems, None, [os.path.join(path, name) for name in files])
+        frame_paths = [os.path.join(path, name) for name in files]
+        _check_frame_sizes(frame_paths)
+        return VideoFrames(path, stems, None, frame_paths)
     if not os.path.exists(path):
         raise VideoInputError(f"video {path} does not exist")
     if not path.lower().endswith(VIDEO_EXTENSIONS):

@@ -5,12 +5,19 @@ working directory of a later `predict`, `evaluate` or resumed run.
 """
 
 import os
+import re
 
 import ml_collections
 
 # Config keys that name files or folders; a value may be a comma-separated list (several datasets).
 CONFIG_PATH_KEYS = ("data.data_dir", "data.manual_dir", "init.checkpoint_dir", "model.sam.checkpoint",
                     "model.text.encoder")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the digit runs of file names by value: '2.jpg' < '10.jpg' (frames named 0, 3,
+    6, 11, ... stay in time order)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def absolute(path: str) -> str:

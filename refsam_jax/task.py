@@ -30,7 +30,7 @@ from refsam_jax.data.pipeline import builder_config
 from refsam_jax.evaluation.video import evaluate_ytvos_heldout
 from refsam_jax.inference import VideoSegmenter
 from refsam_jax.model import groups
-from refsam_jax.model.config import default_model_config
+from refsam_jax.model.config import default_model_config, validate_model_config
 from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text, sam_config_for
 from refsam_jax.param_rules import path_to_str
 from refsam_jax.sam.build import load_sam
@@ -215,5 +215,6 @@ class RefSamTask(loop.Task):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.TrainSummary:
     """Trains RefSAM as `config` says (see configs/refytvos.py); relative paths are taken from the working
     directory, and every path the config names must exist."""
+    validate_model_config(config.model)
     paths.check_paths_exist(paths.absolute_paths(config))
     return loop.train(derive(config), workdir, RefSamTask)

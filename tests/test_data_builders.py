@@ -293,3 +293,38 @@ def test_davis_expression_count_must_be_a_multiple_of_four(tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(DataError, match="expected 4 per object"):
         _build(tmp_path, "ref_davis17")
+
+
+def test_a_build_from_changed_raw_files_is_refused_then_rebuilt(small_ytvos):
+    """A skip-build keeps reporting its skips when reused; fixing the raw files makes the build stale (an
+    error naming the fix) until `rebuild=True`, which then has the fixed video."""
+    tmp_path, manifest = small_ytvos
+    vid, frame = _first_train_frame(tmp_path, manifest)
+    jpg = tmp_path / "raw/train/JPEGImages" / vid / f"{frame}.jpg"
+    good = jpg.read_bytes()
+    jpg.write_bytes(good[: len(good) // 3])
+    assert _build(tmp_path, on_error="skip").skipped == {"video:corrupt_image": 1}
+    assert _build(tmp_path, on_error="skip").skipped == {"video:corrupt_image": 1}  # reused, and says so
+    jpg.write_bytes(good)
+    with pytest.raises(DataError, match=r"was built from other raw files than .* --rebuild"):
+        _build(tmp_path, on_error="skip")
+    rebuilt = builders.build("ref_youtube_vos", tmp_path / "raw", tmp_path / "tfds_skip", on_error="skip",
+                             rebuild=True)
+    assert rebuilt.skipped == {}
+    kept = set()
+    for split in ("train", "heldout"):
+        source = builders.open_split("ref_youtube_vos", tmp_path / "tfds_skip", split)
+        kept |= {decode_text(source[i]["video_id"]) for i in range(len(source))}
+    assert kept == set(manifest["train"])
+
+
+def test_the_data_command_line_builds_any_heldout_split_it_names(small_ytvos):
+    tmp_path, _ = small_ytvos
+    result = subprocess.run([sys.executable, "-m", "refsam_jax.data", "build", "--name", "ref_youtube_vos",
+                             "--manual_dir", "raw", "--data_dir", "tfds", "--heldout_fraction", "0.5",
+                             "--heldout_seed", "3"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "heldout_0p5_seed_3" in json.loads(result.stdout.splitlines()[-1])["data_path"]
+    config = builders.RefYoutubeVosConfig(name="heldout_0p7_seed_3", heldout_fraction=0.7, heldout_seed=3)
+    with pytest.raises(FileNotFoundError, match="--heldout_fraction 0.7 --heldout_seed 3"):
+        builders.open_split("ref_youtube_vos", tmp_path / "tfds", "train", config=config)

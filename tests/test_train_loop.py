@@ -275,6 +275,28 @@ def test_nan_loss_stops_with_the_step_number(tmp_path):
         loop.train(config, str(tmp_path), ToyTask)
 
 
+def test_exploding_weights_are_never_checkpointed(tmp_path):
+    config = toy_config(total_steps=3, checkpoint_every=1, **{"optim.clip_grad_norm": 0.0})
+    config.optim.lr.head = 1e39  # inf in float32: the weights are not finite after the first update.
+    with pytest.raises(FloatingPointError, match="not finite after step 1: training stopped without saving"):
+        loop.train(config, str(tmp_path), ToyTask)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_metrics_keep_one_row_per_step_after_a_resume(tmp_path):
+    writer = metrics_writer.MetricsWriter(str(tmp_path))
+    writer.write_scalars(0, {"eval/J&F": 0.1})
+    for step in range(1, 6):
+        writer.write_scalars(step, {"loss": float(step)})
+    writer.write_scalars(3, {"eval/J&F": 0.2})
+    writer.close()
+    metrics_writer.MetricsWriter(str(tmp_path), resumed_from=3).close()  # resumed from the checkpoint at 3
+    assert [(r["step"], sorted(r)) for r in metrics_writer.read_metrics(str(tmp_path))] == [
+        (0, ["eval/J&F", "step"]), (1, ["loss", "step"]), (2, ["loss", "step"]), (3, ["loss", "step"])]
+    metrics_writer.MetricsWriter(str(tmp_path)).close()  # a fresh run in the same workdir
+    assert metrics_writer.read_metrics(str(tmp_path)) == []
+
+
 def test_bad_input_fails_before_any_compute(reference_run, tmp_path):
     PRETRAINED_LOADS.clear()
     config = toy_config(trainable=TOY_RULES + ((r"^decoder\\.", "decoder"),))
@@ -286,8 +308,15 @@ def test_bad_input_fails_before_any_compute(reference_run, tmp_path):
     with pytest.raises(ValueError, match=r"\['tracking'\] have no entry in optim.lr"):
         loop.train(config, str(tmp_path / "lr"), ToyTask)
 
+    saved_config = (reference_run["workdir"] / "config.json").read_text()
     with pytest.raises(checkpoint_lib.CheckpointMismatchError, match="width: 8 in the checkpoint, 16 now"):
         loop.train(toy_config(**RUN_OVERRIDES, **{"toy.width": 16}), str(reference_run["workdir"]), ToyTask)
+    with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                       match=r"optimizer state was saved with other settings: config.optim.accumulate_steps "
+                             r"\(1 in the checkpoint, 2 now\)"):
+        loop.train(toy_config(**RUN_OVERRIDES, **{"optim.accumulate_steps": 2}), str(reference_run["workdir"]),
+                   ToyTask)
+    assert (reference_run["workdir"] / "config.json").read_text() == saved_config  # The rejected runs wrote nothing.
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -11,6 +11,7 @@ import os
 import sys
 
 from refsam_jax.data import builders, synthetic
+from refsam_jax.data.pipeline import builder_config, default_data_config
 
 
 def main(argv=None) -> int:
@@ -37,12 +38,22 @@ def main(argv=None) -> int:
     build.add_argument("--manual_dir", required=True)
     build.add_argument("--data_dir", required=True)
     build.add_argument("--on_error", default="raise", choices=["raise", "skip"])
+    build.add_argument("--rebuild", action="store_true",
+                       help="delete and rebuild a dataset that was built from other raw files")
+    build.add_argument("--heldout_fraction", type=float, default=None,
+                       help="ref_youtube_vos: fraction of train videos held out (default 0.05), as data.heldout_fraction")
+    build.add_argument("--heldout_seed", type=int, default=None, help="ref_youtube_vos: seed of the held-out draw")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.command == "build":
         try:
+            data = default_data_config()
+            for key in ("heldout_fraction", "heldout_seed"):
+                if getattr(args, key) is not None:
+                    data[key] = getattr(args, key)
             builder = builders.build(args.name, os.path.abspath(args.manual_dir), os.path.abspath(args.data_dir),
-                                     on_error=args.on_error)
+                                     on_error=args.on_error, config=builder_config(args.name, data),
+                                     rebuild=args.rebuild)
         except (FileNotFoundError, builders.DataError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

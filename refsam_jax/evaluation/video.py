@@ -17,7 +17,13 @@ from refsam_jax.data import iterate_eval_videos
 from refsam_jax.evaluation import save_binary_mask_png
 from refsam_jax.evaluation.metrics import boundary_f, jaccard
 from refsam_jax.evaluation.ref_davis import ANNOTATORS, evaluate_ref_davis, write_davis_prediction
-from refsam_jax.evaluation.ref_ytvos import ExpressionScore, YtvosResult, write_submission_zip
+from refsam_jax.evaluation.ref_ytvos import (
+    ExpressionScore,
+    YtvosResult,
+    load_meta_expressions,
+    valid_video_ids,
+    write_submission_zip,
+)
 
 
 def video_groups(items: Iterator, max_videos: int = 0) -> Iterator[Tuple[str, List]]:
@@ -94,7 +100,11 @@ def predict_ytvos_valid(segmenter, data_dir: str, manual_dir: str, out_dir: str,
                         threshold: float = 0.0, expected_num_videos: Optional[int] = 202):
     """Ref-YouTube-VOS valid: masks `<out_dir>/predictions/<video>/<exp_id>/<frame>.png` for every expression
     and frame, checked and zipped into `<out_dir>/submission.zip` (the dataset is built from `manual_dir`
-    if it is not built yet). Returns the `SubmissionReport`."""
+    if it is not built yet). The video count is checked before any inference. Returns the `SubmissionReport`."""
+    meta = os.path.join(manual_dir, "meta_expressions")
+    valid_meta = os.path.join(meta, "valid", "meta_expressions.json")
+    test_meta = os.path.join(meta, "test", "meta_expressions.json")
+    valid_video_ids(load_meta_expressions(valid_meta), load_meta_expressions(test_meta), expected_num_videos)
     predictions = os.path.join(out_dir, "predictions")
     items = iterate_eval_videos("ref_youtube_vos", data_dir, "valid", manual_dir=manual_dir,
                                 builder_config=builder_config)
@@ -104,9 +114,6 @@ def predict_ytvos_valid(segmenter, data_dir: str, manual_dir: str, out_dir: str,
             for e, item in enumerate(expressions):
                 path = os.path.join(predictions, video, item.expression_id, f"{first.frame_names[t]}.png")
                 save_binary_mask_png(logits[e] > threshold, path)
-    meta = os.path.join(manual_dir, "meta_expressions")
-    return write_submission_zip(predictions, os.path.join(meta, "valid", "meta_expressions.json"),
-                                os.path.join(meta, "test", "meta_expressions.json"),
-                                os.path.join(out_dir, "submission.zip"),
+    return write_submission_zip(predictions, valid_meta, test_meta, os.path.join(out_dir, "submission.zip"),
                                 images_root=os.path.join(manual_dir, "valid", "JPEGImages"),
                                 expected_num_videos=expected_num_videos)

@@ -59,6 +59,7 @@ def encode_text(text_encoder, input_ids: jax.Array, attention_mask: jax.Array, *
 
 def sam_config_for(config: ml_collections.ConfigDict) -> SamConfig:
     """The SAM architecture named by `config.sam.model_type`."""
+    validate_model_config(config)
     return tiny_config() if config.sam.model_type == "tiny" else SAM_CONFIGS[config.sam.model_type]
 
 

@@ -50,6 +50,11 @@ def load_official_state_dict(path: str) -> Dict[str, np.ndarray]:
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SAM checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # torch.save writes a zip (or, before 1.6, a pickle)
+        raise SamCheckpointError(f"{path} is not a PyTorch checkpoint: it is neither a zip nor a pickle file "
+                                 f"(starts with {magic!r})")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

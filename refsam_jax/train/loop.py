@@ -144,6 +144,11 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
         raise ValueError("; ".join(problems))
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def _abstract_state(state: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
@@ -155,8 +160,9 @@ class _StepLog:
     the completion of the run's first step on (so compilation is not counted).
     """
 
-    def __init__(self, config, writer, progress, schedules, clips_per_step, frames_per_step):
+    def __init__(self, config, writer, progress, schedules, clips_per_step, frames_per_step, origin: str = ""):
         self._config, self._writer, self._progress = config, writer, progress
+        self.origin = origin  # Named in the NaN error, e.g. the checkpoint a resumed run came from.
         self._schedules, self._clips, self._frames = schedules, clips_per_step, frames_per_step
         self._pending = None
         self._window: List[Dict[str, float]] = []
@@ -175,7 +181,7 @@ class _StepLog:
         self._pending = None
         values = step_lib.metrics_to_host(metrics)
         if not math.isfinite(values["loss"]):
-            raise FloatingPointError(f"the loss is {values['loss']} at step {step}: training stopped "
+            raise FloatingPointError(f"the loss is {values['loss']} at step {step}{self.origin}: training stopped "
                                      f"(metrics: {values})")
         now = time.perf_counter()
         if self._window_start is None:
@@ -205,9 +211,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     workdir = os.path.abspath(workdir)
     check_workdir(workdir)
     _check_schedule(config)
-    if jax.process_index() == 0:  # `predict` / `evaluate` read it when given only the workdir.
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
     dtype = compute_dtype(config)
     sharding_lib.initialize_distributed(config)
     mesh = sharding_lib.make_mesh(config.mesh)
@@ -223,10 +226,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
         async_save=config.async_checkpointing)
     resume_step = checkpointer.latest_step()
+    optimizer_structure = checkpoint_lib.optimizer_structure(config.optim)
     if resume_step is not None:
         checkpoint_lib.check_meta(checkpointer.read_meta(resume_step), task.model_config, trainable_shapes,
-                                  source=f"checkpoint {checkpointer.directory}/{resume_step}")
-    meta = {"model_config": task.model_config, "trainable_shapes": trainable_shapes}
+                                  source=f"checkpoint {checkpointer.directory}/{resume_step}",
+                                  optimizer=optimizer_structure)
+    meta = {"model_config": task.model_config, "trainable_shapes": trainable_shapes, "optimizer": optimizer_structure}
+    if jax.process_index() == 0:  # After the checks, so a rejected run leaves the workdir's config as it was.
+        with open(os.path.join(workdir, "config.json"), "w") as f:  # `predict` / `evaluate` read it.
+            f.write(config.to_json_best_effort(indent=2))
     logging.info("trainable parameters per group: %s", optimizer_lib.group_sizes(abstract.trainable, abstract.labels))
 
     # Weights: the frozen ones always come from the converted/initial checkpoints, the trainable ones from
@@ -269,7 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     train_step = step_lib.jit_train_step(
         step_lib.make_train_step(graphdef, labels, optimizer, task.loss_fn, compute_dtype=dtype), shardings)
-    writer = metrics_lib.MetricsWriter(workdir)
+    writer = metrics_lib.MetricsWriter(workdir, resumed_from=resume_step)
     evaluations = {}
 
     def evaluate():
@@ -283,7 +291,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         evaluate()
     progress = metrics_lib.Progress(config.total_steps, step, enabled=config.progress_bar)
     log = _StepLog(config, writer, progress, schedules, task.global_batch_size,
-                   task.global_batch_size * task.frames_per_clip)
+                   task.global_batch_size * task.frames_per_clip,
+                   origin=f" (this run resumed from {checkpointer.directory}/{resume_step})" if resume_step else "")
     try:
         while step < config.total_steps:
             batch = sharding_lib.global_batch(task.prepare_batch(next(iterator)), shardings.batch)
@@ -292,6 +301,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             log.add(step, metrics)
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 log.flush()
+                if not bool(_all_finite(trainable)):
+                    raise FloatingPointError(
+                        f"the trainable parameters are not finite after step {step}{log.origin}: training stopped "
+                        f"without saving them (latest checkpoint: {checkpointer.latest_step()})")
                 checkpointer.save(step, trainable, opt_state, iterator, meta)
         log.flush()
         progress.close()

@@ -17,13 +17,19 @@ import tqdm
 
 
 class MetricsWriter:
-    """Appends scalars to metrics.jsonl and to TensorBoard events under `workdir`."""
+    """Appends scalars to metrics.jsonl and to TensorBoard events under `workdir`.
 
-    def __init__(self, workdir: str):
+    `resumed_from`: the step a resumed run continues from; rows of later steps (written by the interrupted
+    run after its last checkpoint), and evaluations at that step (the resumed run evaluates again), are
+    dropped, so every step has one row of each kind. None: a fresh run, which drops all earlier rows.
+    """
+
+    def __init__(self, workdir: str, resumed_from: Optional[int] = None):
         self._active = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         if self._active:
             os.makedirs(workdir, exist_ok=True)
+            _keep_rows_until(self.path, resumed_from)
             self._jsonl = open(self.path, "a")
             self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -39,6 +45,24 @@ class MetricsWriter:
         if self._active:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def _keep_rows_until(path: str, last_step: Optional[int]) -> None:
+    """Rewrites `path` (atomically) without the rows after `last_step` and its evaluations (all rows when None)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+
+    def keep(row) -> bool:
+        is_evaluation = any(key.startswith("eval/") for key in row)
+        return row["step"] < last_step or (row["step"] == last_step and not is_evaluation)
+
+    kept = [line for line in lines if last_step is not None and keep(json.loads(line))]
+    if len(kept) < len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
 
 
 def quiet_orbax_info(record: logging.LogRecord) -> bool:

@@ -3,7 +3,7 @@
 Video record (Ref-YouTube-VOS and Ref-DAVIS17; one record per video, keyed by video id):
   video_id            str
   height, width       int32, the frame size (all frames and label maps of a video share it)
-  frame_names         [F] str, in the meta's `frames` order (sorted)
+  frame_names         [F] str, the meta's `frames` in numeric order (`paths.natural_key`: 2 before 10)
   frames              [F] bytes, each JPEG file exactly as stored on disk
   label_maps          [F] bytes, each palette PNG exactly as stored on disk (pixel = object id);
                       empty where the split has no ground truth (Ref-YouTube-VOS valid)
@@ -74,7 +74,11 @@ def read_json(path: epath.Path) -> Any:
     path = epath.Path(path)
     if not path.exists():
         raise DataError("missing_file", f"{path}: file not found")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError("malformed_json", f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as "
+                                          f"UTF-8") from e
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -285,12 +289,16 @@ class SkipReportMixin:
 
     @property
     def skipped(self) -> Dict[str, int]:
-        """Skip counts of this build, keyed 'what:kind' (e.g. 'video:corrupt_image')."""
-        return dict(self.policy.counts)
+        """Skip counts of the build, keyed 'what:kind' (e.g. 'video:corrupt_image'); for a reused build, those
+        recorded when it was built."""
+        if self.policy.counts or not self.is_prepared():
+            return dict(self.policy.counts)
+        return dict(self.info.metadata.get("skipped", {}).get("counts", {}))
 
     def _download_and_prepare(self, dl_manager, download_config):
         super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
         report = self.policy.report()
+        self.info.metadata["source_fingerprint"] = getattr(self, "source_fingerprint", "")
         self.info.metadata["skipped"] = report
         total = sum(report["counts"].values())
         if total:

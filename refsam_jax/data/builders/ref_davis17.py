@@ -15,6 +15,7 @@ from etils import epath
 
 from refsam_jax.data.builders import common
 from refsam_jax.data.builders.ref_youtube_vos import read_meta_videos
+from refsam_jax.paths import natural_key
 
 KINDS = ("first_frame", "full_video")
 _LOG = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ def expression_annotator_and_kind(index: int):
 class RefDavis17(common.SkipReportMixin, tfds.core.GeneratorBasedBuilder):
     """Ref-DAVIS17: one array_record record per video, expressions tagged with annotator and kind."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "One record per video: encoded frames, palette PNGs, expressions."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "One record per video: encoded frames, palette PNGs, expressions.",
+                     "1.1.0": "Frames in numeric order of their names (2 before 10), not string order."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -114,7 +116,7 @@ class RefDavis17(common.SkipReportMixin, tfds.core.GeneratorBasedBuilder):
                         )
                 example = common.video_example(
                     video_id=vid,
-                    frame_names=sorted(video["frames"]),
+                    frame_names=sorted(video["frames"], key=natural_key),
                     jpeg_dir=split_dir / "JPEGImages",
                     annotation_dir=split_dir / "Annotations",
                     categories=categories.get(vid, {}),

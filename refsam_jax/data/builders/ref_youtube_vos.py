@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from refsam_jax.data.builders import common
+from refsam_jax.paths import natural_key
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Put the Ref-YouTube-VOS competition data in the manual dir (ReferFormer/RefSAM layout):
@@ -68,8 +69,9 @@ def read_meta_videos(path: epath.Path) -> Dict[str, dict]:
 class RefYoutubeVos(common.SkipReportMixin, tfds.core.GeneratorBasedBuilder):
     """Ref-YouTube-VOS: one array_record record per video, read without TensorFlow."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "One record per video: encoded frames, palette PNGs, expressions."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "One record per video: encoded frames, palette PNGs, expressions.",
+                     "1.1.0": "Frames in numeric order of their names (2 before 10), not string order."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [RefYoutubeVosConfig(name="default", description="5% of train videos held out, seed 0")]
 
@@ -142,7 +144,7 @@ class RefYoutubeVos(common.SkipReportMixin, tfds.core.GeneratorBasedBuilder):
                     expressions.append({"exp_id": exp_id, "sentence": exp["exp"], "obj_id": obj_id})
                 example = common.video_example(
                     video_id=vid,
-                    frame_names=sorted(video["frames"]),
+                    frame_names=sorted(video["frames"], key=natural_key),
                     jpeg_dir=split_dir / "JPEGImages",
                     annotation_dir=split_dir / "Annotations" if with_gt else None,
                     categories=categories.get(vid, {}) if with_gt else {},
