@@ -3,9 +3,10 @@
     python -m refsam_jax.predict --video clip.mp4 --text "a red circle" [--text "the square" ...] \\
         --checkpoint runs/demo --out out/
 
-`--video` is a folder of frames (jpg/png, sorted by name) or a video file (.mp4, ...). `--checkpoint` is a
-training workdir or its `checkpoints/` folder; the training config comes from `--config` (the file the
-model was trained with, `--config.<key>=<value>` overrides allowed) or from `<workdir>/config.json`.
+`--video` is a folder of frames (jpg/png, in numeric order of their names) or a video file (.mp4, ...).
+`--checkpoint` is an exported folder (`python -m refsam_jax.export`), a training workdir or its
+`checkpoints/` folder (loaded by `refsam_jax.load`); a workdir's training config comes from `--config` (the
+file the model was trained with, `--config.<key>=<value>` overrides allowed) or from `<workdir>/config.json`.
 `--random-init` runs an untrained model instead (smoke tests; `--config` defaults to configs/demo.py).
 
 Writes `<out>/<i>_<slug>/<frame>.png` (0/255 masks at the frame size, expression i) and
@@ -27,6 +28,7 @@ from ml_collections import config_flags
 
 from refsam_jax import cli, inference, paths, visualize
 from refsam_jax.evaluation import read_mask_png, save_binary_mask_png
+from refsam_jax.segmenter import Segmenter, load
 
 
 def define_flags() -> dict:
@@ -34,7 +36,7 @@ def define_flags() -> dict:
     return {
         "video": flags.DEFINE_string("video", None, "Folder of frames or a video file."),
         "text": flags.DEFINE_multi_string("text", None, "A referring expression; repeat for several."),
-        "checkpoint": flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoints folder."),
+        "checkpoint": flags.DEFINE_string("checkpoint", None, "Exported folder, training workdir or checkpoints folder."),
         "config": config_flags.DEFINE_config_file("config", None,
                                                   "Training config file (default: <workdir>/config.json)."),
         "random_init": flags.DEFINE_bool("random-init", False, "Use an untrained model (smoke tests)."),
@@ -85,14 +87,14 @@ def predict(video_path: str, sentences: Sequence[str], out: str, loaded, *, thre
     Returns a summary: frames, seconds, frames/s, output paths, mean foreground fraction per expression.
     """
     video = inference.open_video(video_path)
-    segmenter = inference.VideoSegmenter(loaded.model, loaded.text_encoder, chunk_size=chunk_size,
-                                         expression_batch=expression_batch or len(sentences))
+    seg = Segmenter(loaded, threshold=threshold, chunk_size=chunk_size,
+                    expression_batch=expression_batch or len(sentences))
     mask_dirs = expression_dirs(out, sentences)
     foreground = np.zeros(len(sentences))
     start = time.perf_counter()
     with tqdm.tqdm(total=len(video), unit="frame", desc="segmenting", file=sys.stderr) as progress:
-        for t, logits in segmenter.segment(video, sentences):
-            masks = logits > threshold
+        for t, logits in seg.stream(video, sentences):
+            masks = logits > seg.threshold
             for mask, folder in zip(masks, mask_dirs):
                 save_binary_mask_png(mask, os.path.join(folder, f"{video.names[t]}.png"))
             foreground += masks.mean(axis=(1, 2))
@@ -128,8 +130,7 @@ def main(argv, flag_values: dict):
         loaded = inference.load_model(value["config"] or inference.load_config_file(DEMO_CONFIG))
         print("WARNING: --random-init: the model is UNTRAINED; its masks are meaningless.", file=sys.stderr)
     else:
-        checkpoint_dir, workdir = inference.checkpoint_location(value["checkpoint"])
-        loaded = inference.load_model(inference.training_config(value["config"], workdir), checkpoint_dir)
+        loaded = load(value["checkpoint"], config=value["config"]).loaded
     summary = predict(value["video"], sentences, value["out"], loaded, threshold=value["threshold"],
                       chunk_size=value["chunk_size"], fps=value["fps"], overlay=value["overlay"],
                       gif_max_side=value["gif_max_side"])

@@ -15,12 +15,13 @@ LAYERS = (
     ("model",),
     ("data",),
     ("inference",),
+    ("segmenter",),
     ("evaluation",),
     ("train",),
     ("task",),
     ("configs",),
     ("cli",),
-    ("predict", "evaluate", "sweep", "convert"),
+    ("predict", "evaluate", "sweep", "convert", "export"),
 )
 # What a function may import for itself: heavy dependencies that most uses never need.
 DEFERRABLE = ("torch", "torchvision", "transformers", "segment_anything")

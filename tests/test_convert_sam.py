@@ -54,7 +54,7 @@ def test_cli_round_trip(tiny_pth, converted):
         record = json.load(f)
     assert record == {"model_type": "custom", "config": tiny_config().to_dict()}
 
-    loaded = build_sam(None, checkpoint=converted)
+    loaded = build_sam(checkpoint=converted)  # the model type comes from the checkpoint
     assert loaded.config == tiny_config()
     got, want = _flat_state(loaded), _flat_state(sam_from_state_dict(state_dict, tiny_config()))
     assert got.keys() == want.keys()

@@ -142,3 +142,40 @@ def test_requires_an_image(predictors):
         ours.predict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([1]))
     with pytest.raises(RuntimeError, match="set_image"):
         ours.get_image_embedding()
+
+
+def test_batched_prompts_match_segment_anything_predict_torch(predictors):
+    """B boxes (and B point sets) in one call, mapped with `.transform` as segment_anything users do."""
+    import torch
+
+    ours, reference = predictors
+    size = IMAGE_SIZES[1]
+    image = _image(size, seed=3)
+    ours.set_image(image)
+    reference.set_image(image)
+    h, w = size
+    boxes = np.array([[0.1 * w, 0.2 * h, 0.6 * w, 0.7 * h], [0.3 * w, 0.1 * h, 0.9 * w, 0.5 * h],
+                      [0.0, 0.0, w - 1.0, h - 1.0]])
+    points = np.array([[[0.3 * w, 0.4 * h]], [[0.6 * w, 0.2 * h]], [[0.5 * w, 0.5 * h]]])
+    labels = np.ones((3, 1), np.int64)
+    our_boxes = ours.transform.apply_boxes(boxes, size)
+    ref_boxes = reference.transform.apply_boxes(boxes, size)
+    np.testing.assert_allclose(our_boxes, ref_boxes, rtol=1e-6)
+    our_points = ours.transform.apply_coords(points, size)
+    for kwargs, multimask in (({"boxes": our_boxes}, False), ({"point_coords": our_points, "point_labels": labels,
+                                                               "boxes": our_boxes}, True)):
+        ref_kwargs = {"boxes": torch.as_tensor(np.asarray(kwargs["boxes"])).float(),
+                      "point_coords": None, "point_labels": None}
+        if "point_coords" in kwargs:
+            ref_kwargs.update(point_coords=torch.as_tensor(np.asarray(kwargs["point_coords"])).float(),
+                              point_labels=torch.as_tensor(kwargs["point_labels"]))
+        with torch.no_grad():
+            ref_logits, ref_iou, ref_low_res = reference.predict_torch(**ref_kwargs, multimask_output=multimask,
+                                                                       return_logits=True)
+        logits, iou, low_res = ours.predict_batch(**kwargs, multimask_output=multimask, return_logits=True)
+        masks, _, _ = ours.predict_batch(**kwargs, multimask_output=multimask)
+        assert logits.shape == tuple(ref_logits.shape) == (3, 3 if multimask else 1, h, w)
+        np.testing.assert_allclose(np.asarray(low_res), ref_low_res.numpy(), atol=LOGIT_ATOL)
+        np.testing.assert_allclose(np.asarray(iou), ref_iou.numpy(), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(logits), ref_logits.numpy(), atol=LOGIT_ATOL)
+        _assert_masks_match(np.asarray(masks), ref_logits.numpy())

@@ -5,6 +5,7 @@ A converted checkpoint is a directory:
   state/        orbax checkpoint of `nnx.state(model)` (parameters and buffers)
 """
 
+import functools
 import json
 import os
 from typing import Optional, Tuple
@@ -94,12 +95,13 @@ def save_sam(model: Sam, directory: str) -> None:
         json.dump(record, f, indent=2)
 
 
-def build_sam(model_type: Optional[str] = "vit_b", checkpoint: Optional[str] = None, *,
+def build_sam(model_type: Optional[str] = None, checkpoint: Optional[str] = None, *,
               config: Optional[SamConfig] = None, seed: int = 0, dtype=jnp.float32) -> Sam:
     """A SAM model, randomly initialised or loaded from a `save_sam` directory.
 
     Args:
-      model_type: "vit_b", "vit_l" or "vit_h"; None with a checkpoint loads whatever the checkpoint holds.
+      model_type: "vit_b", "vit_l" or "vit_h" (a check when loading); None loads whatever the checkpoint
+        holds, or builds a vit_b without one.
       checkpoint: a directory written by `save_sam` (e.g. by `python -m convert sam`).
       config: an explicit architecture; overrides `model_type`.
       seed: initialisation seed (without a checkpoint).
@@ -109,8 +111,13 @@ def build_sam(model_type: Optional[str] = "vit_b", checkpoint: Optional[str] = N
     """
     if checkpoint is not None:
         return load_sam(checkpoint, model_type, config=config, dtype=dtype)
-    wanted = _config_for(model_type, config)
-    if wanted is None:
-        raise ValueError("build_sam needs a model_type, a config or a checkpoint")
+    wanted = _config_for(model_type or ("vit_b" if config is None else None), config)
     return Sam(wanted, rngs=nnx.Rngs(seed), dtype=dtype)
+
+
+# segment_anything's registry: `sam_model_registry["vit_h"](checkpoint="ckpt/sam_vit_h")` (a converted folder).
+sam_model_registry = {
+    **{name: functools.partial(build_sam, name) for name in SAM_CONFIGS},
+    "default": functools.partial(build_sam, "vit_h"),
+}
 

@@ -53,6 +53,7 @@ class SamPredictor:
     def __init__(self, model: Sam):
         self.model = model
         self.config = model.config
+        self.transform = transforms.ResizeLongestSide(model.config.img_size)
         self._graphdef, self._state = nnx.split(model)
         self.reset_image()
 
@@ -128,6 +129,41 @@ class SamPredictor:
         if not return_logits:
             masks_out = masks_out > MASK_THRESHOLD
         return masks_out, np.asarray(iou[0]), np.asarray(low_res[0])
+
+    def predict_batch(
+        self,
+        point_coords: Optional[jax.Array] = None,
+        point_labels: Optional[jax.Array] = None,
+        boxes: Optional[jax.Array] = None,
+        mask_input: Optional[jax.Array] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+        """B prompts on the current image in one call: segment_anything's `predict_torch`, JAX arrays in and out.
+
+        Coordinates are in the resized input frame: map original-image pixels with
+        `self.transform.apply_coords` / `apply_boxes` first, as with `predict_torch`.
+
+        Args:
+          point_coords: `[B, N, 2]` (x, y); point_labels: `[B, N]` (1 foreground, 0 background).
+          boxes: `[B, 4]` (x0, y0, x1, y1).
+          mask_input: `[B, 1, 4g, 4g]` low-res mask logits (segment_anything's layout).
+          multimask_output, return_logits: as in `predict`.
+        Returns:
+          masks `[B, C, H, W]` (bool, or logits), iou_predictions `[B, C]`, low_res_logits `[B, C, 4g, 4g]`.
+        """
+        self._require_image("mask prediction")
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        points = None if point_coords is None else (jnp.asarray(point_coords, jnp.float32),
+                                                     jnp.asarray(point_labels, jnp.int32))
+        boxes = None if boxes is None else jnp.asarray(boxes, jnp.float32)
+        masks = None if mask_input is None else jnp.asarray(mask_input, jnp.float32).transpose(0, 2, 3, 1)
+        low_res, iou = _decode_jit(self._graphdef, self._state, self.features, points, boxes, masks,
+                                   bool(multimask_output))
+        upsampled = transforms.postprocess_masks_jit(low_res, self.input_size, self.original_size,
+                                                     self.config.img_size)
+        return (upsampled if return_logits else upsampled > MASK_THRESHOLD), iou, low_res
 
     def _points(self, point_coords, point_labels):
         """Validated points as (coords `[1, N, 2]` in the input frame, labels `[1, N]`), or None."""

@@ -56,6 +56,23 @@ def apply_boxes(boxes: np.ndarray, original_size: Sequence[int], long_side: int)
     return apply_coords(boxes.reshape(-1, 2, 2), original_size, long_side).reshape(-1, 4)
 
 
+class ResizeLongestSide:
+    """segment_anything's `ResizeLongestSide` interface: coordinates and boxes of an `original_size` image
+    mapped into the resized frame of long side `target_length` (what `predict_batch` takes)."""
+
+    def __init__(self, target_length: int):
+        self.target_length = int(target_length)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        return resize_longest_side(image, self.target_length)
+
+    def apply_coords(self, coords: np.ndarray, original_size: Sequence[int]) -> np.ndarray:
+        return apply_coords(coords, original_size, self.target_length)
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: Sequence[int]) -> np.ndarray:
+        return apply_boxes(boxes, original_size, self.target_length)
+
+
 def normalize(image):
     """SAM's pixel normalisation `(x - mean) / std` of `[..., 3]` values in 0..255 (numpy or JAX, float32)."""
     return (image - np.asarray(PIXEL_MEAN, np.float32)) * (1.0 / np.asarray(PIXEL_STD, np.float32))
