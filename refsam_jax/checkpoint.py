@@ -114,11 +114,13 @@ class TrainCheckpointer:
 
     def restore(self, step: int, abstract_trainable: Any, abstract_opt_state: Any, data_iterator: Any
                 ) -> Tuple[nnx.State, Any]:
-        """Restores checkpoint `step` onto the shardings of the abstract trees; sets the iterator's state."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            trainable=ocp.args.StandardRestore(abstract_trainable),
-            opt_state=ocp.args.StandardRestore(abstract_opt_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        """Restores checkpoint `step` onto the shardings of the abstract trees (any mesh, any number of
+        processes); sets the iterator's state unless `data_iterator` is None."""
+        items = {"trainable": ocp.args.StandardRestore(abstract_trainable),
+                 "opt_state": ocp.args.StandardRestore(abstract_opt_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored.trainable, restored.opt_state
 
     def wait_until_finished(self) -> None:
@@ -158,8 +160,11 @@ def load_trained_params(model: nnx.Module, checkpoint_dir: str, model_config: Ma
     if wrong:
         raise CheckpointMismatchError(f"{source} has parameters the model lacks or shapes it does not have: "
                                       f"{dict(list(wrong.items())[:10])}")
+    # Restored whole onto this process's first device, whatever mesh the checkpoint was saved from.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = nnx.from_flat_state({
-        path: variable.replace(jax.ShapeDtypeStruct(variable.get_value().shape, variable.get_value().dtype))
+        path: variable.replace(jax.ShapeDtypeStruct(variable.get_value().shape, variable.get_value().dtype,
+                                                    sharding=device))
         for path, variable in (model_params[name] for name in saved)})
     restored = manager.restore(step, args=ocp.args.Composite(trainable=ocp.args.StandardRestore(abstract))).trainable
     nnx.update(model, restored)

@@ -235,9 +235,9 @@ class VideoSegmenter:
         self.expression_batch = int(expression_batch)
         self.image_size = int(model.sam.config.img_size)
         self._graphdef, state = nnx.split(model)
-        # One device, one sharding (restored checkpoints come with the training mesh's) and no weak types, so
-        # every model of one architecture (untrained, trained, ...) shares the compiled programs.
-        self._state = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, x.dtype), state), jax.devices()[0])
+        # One local device, one sharding (restored checkpoints come with the training mesh's) and no weak
+        # types, so every model of one architecture (untrained, trained, ...) shares the compiled programs.
+        self._state = jax.device_put(jax.tree.map(_local_copy, state), jax.local_devices()[0])
 
     def encode_text(self, sentences: Sequence[str]) -> List[ExpressionBatch]:
         """Cleans and encodes each sentence once, in batches of `expression_batch`."""
@@ -296,6 +296,16 @@ class VideoSegmenter:
         if pending is None:
             raise VideoInputError("the video has no frames")
         yield from _fetch(*pending)
+
+
+def _local_copy(x):
+    """A weight as an array of this process (a multi-process run's replicated weights: the local replica)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if not x.is_fully_replicated:
+            raise ValueError("inference needs whole weights on every process: FSDP-sharded weights of a "
+                             "multi-process run must be gathered first")
+        x = x.addressable_data(0)
+    return jnp.asarray(x, x.dtype)
 
 
 def _chunks(frames: Iterable[np.ndarray], size: int) -> Iterator[Tuple[int, List[np.ndarray]]]:

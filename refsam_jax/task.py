@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from refsam_jax import paths
 from refsam_jax.data import default_data_config, make_train_loader, write_synthetic_data
@@ -200,11 +201,15 @@ class RefSamTask(loop.Task):
             prepared["input_ids"] = batch["input_ids"]
         return prepared
 
-    def train_iterator(self, shard_index: int, shard_count: int):
-        if self.config.synthetic.enabled:
-            write_synthetic_data(self.config, self.workdir)
+    def train_iterator(self, shard_index: int, shard_count: int, first_step: int = 0):
+        if self.config.synthetic.enabled:  # Written and built by process 0; the others then only locate it.
+            if jax.process_index() == 0:
+                write_synthetic_data(self.config, self.workdir)
+            multihost_utils.sync_global_devices("synthetic data written")
+            if jax.process_index() != 0:
+                write_synthetic_data(self.config, self.workdir)
         return iter(make_train_loader(self.config, self.tokenizer, seed=self.config.seed, shard_index=shard_index,
-                                      shard_count=shard_count))
+                                      shard_count=shard_count, start_batch=first_step))
 
     def evaluate(self, model: RefSAM) -> Optional[Dict[str, float]]:
         if not self.config.eval.split:

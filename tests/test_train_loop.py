@@ -127,7 +127,7 @@ class ToyTask(loop.Task):
         logits = model(batch["frames"], batch["text_features"], batch["text_mask"])
         return losses.refsam_loss(logits, batch["masks"], batch["image_size"])
 
-    def train_iterator(self, shard_index, shard_count):
+    def train_iterator(self, shard_index, shard_count, first_step=0):
         toy = self.toy
         dataset = (grain.MapDataset.source(ToyClips(toy.size, toy.frames)).shuffle(seed=self.config.seed).repeat()
                    [shard_index::shard_count].batch(toy.batch // shard_count, drop_remainder=True))

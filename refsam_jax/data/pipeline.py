@@ -283,6 +283,30 @@ class ClipTransform(grain.transforms.RandomMap):
         }
 
 
+class GlobalBatchSlice:
+    """This host's rows of every global batch of one sample stream (a grain sampler).
+
+    Global batch k holds stream positions k*B .. k*B + B - 1 (B = the global batch size); host p of P reads
+    rows p*B/P .. (p+1)*B/P - 1 of it. The hosts read disjoint records that together make exactly the
+    batches of a 1-host run, augmented alike: a sample's randomness comes from its stream position.
+    """
+
+    def __init__(self, stream, shard_index: int, shard_count: int, local_batch: int, start_batch: int = 0):
+        self._stream, self._shard_index, self._shard_count = stream, shard_index, shard_count
+        self._local_batch, self._start_batch = local_batch, start_batch
+
+    def __repr__(self) -> str:  # grain checks a restored iterator's sampler by its repr.
+        return (f"GlobalBatchSlice({self._stream!r}, shard_index={self._shard_index}, "
+                f"shard_count={self._shard_count}, local_batch={self._local_batch}, start_batch={self._start_batch})")
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        batch, row = divmod(index, self._local_batch)
+        batch += self._start_batch
+        position = (batch * self._shard_count + self._shard_index) * self._local_batch + row
+        metadata = self._stream[position]
+        return grain.RecordMetadata(index=index, record_key=metadata.record_key, rng=metadata.rng)
+
+
 def make_train_loader(
     config,
     tokenizer,
@@ -290,12 +314,14 @@ def make_train_loader(
     seed: int,
     shard_index: Optional[int] = None,
     shard_count: Optional[int] = None,
+    start_batch: int = 0,
 ) -> grain.DataLoader:
     """A grain DataLoader of training batches for this host (see the module docstring).
 
     `tokenizer(list[str]) -> (input_ids [n, L], attention_mask [n, L])` with L = data.max_text_length.
     `seed`: a non-negative 32-bit int; same seed -> same batches. shard_index/shard_count default
-    to jax.process_index()/jax.process_count(): each host reads a disjoint slice of the records.
+    to jax.process_index()/jax.process_count(): each host reads its rows of every global batch
+    (`GlobalBatchSlice`). `start_batch`: the first global batch (a run resumed on another number of hosts).
     `iter(loader)` gives an iterator with get_state()/set_state() for checkpoints.
     """
     data = _data_config(config)
@@ -305,24 +331,24 @@ def make_train_loader(
         raise ValueError(f"data.batch_size {data.batch_size} is not divisible by the {shard_count} hosts")
     names = dataset_names(data)
     source = RecordSource(names, data.data_dir, data.split, [builder_config(n, data) for n in names])
-    sampler = grain.samplers.IndexSampler(
+    stream = grain.samplers.IndexSampler(
         num_records=len(source),
-        shard_options=grain.sharding.ShardOptions(
-            shard_index=shard_index, shard_count=shard_count, drop_remainder=False
-        ),
+        shard_options=grain.sharding.NoSharding(),
         shuffle=bool(data.shuffle),
         num_epochs=data.num_epochs,
         seed=seed,
     )
+    local_batch = data.batch_size // shard_count
     operations = [
         ClipTransform(data, tokenizer, names, source.kinds),
-        grain.transforms.Batch(batch_size=data.batch_size // shard_count, drop_remainder=True),
+        grain.transforms.Batch(batch_size=local_batch, drop_remainder=True),
     ]
     if data.num_workers and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags; use their defaults.
     return grain.DataLoader(
         data_source=source,
-        sampler=sampler,
+        sampler=GlobalBatchSlice(stream, shard_index, shard_count, local_batch, start_batch),
+        shard_options=grain.sharding.NoSharding(),  # The sampler reads this host's rows already.
         operations=operations,
         worker_count=int(data.num_workers),
         worker_buffer_size=int(data.worker_buffer_size),

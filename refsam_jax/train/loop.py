@@ -56,8 +56,10 @@ class Task(abc.ABC):
         """`-> (loss, metrics)`, see `step.py`; `other_frozen` are the states of `load_other_frozen`."""
 
     @abc.abstractmethod
-    def train_iterator(self, shard_index: int, shard_count: int) -> Iterator[Mapping[str, np.ndarray]]:
-        """A checkpointable grain iterator of this host's numpy batches."""
+    def train_iterator(self, shard_index: int, shard_count: int,
+                       first_step: int = 0) -> Iterator[Mapping[str, np.ndarray]]:
+        """A checkpointable grain iterator of this host's numpy batches, from the batch of `first_step` (a run
+        resumed on another number of processes, whose saved iterator states do not apply)."""
 
     def load_pretrained(self, model: nnx.Module) -> None:
         """Fills a built model with converted checkpoints (SAM, ...), in place."""
@@ -105,7 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.async_checkpointing = True
     config.progress_bar = True
     config.compute_dtype = "float32"
-    config.multihost = False
+    config.multihost = False  # join a multi-process run (auto-detected; JAX_COORDINATOR_ADDRESS implies it)
+    config.heartbeat_timeout_s = 60  # a multi-process run fails this long after losing a process
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     config.sharding = ml_collections.ConfigDict({"fsdp_min_size": 2**20})
     config.trainable = ()
@@ -208,11 +211,11 @@ class _StepLog:
 def train(config: ml_collections.ConfigDict, workdir: str,
           build_task: Callable[[ml_collections.ConfigDict, str], Task]) -> TrainSummary:
     """Trains `build_task(config, workdir)` for `config.total_steps` steps, resuming from `workdir` if possible."""
+    sharding_lib.initialize_distributed(config)  # Before any other JAX call.
     workdir = os.path.abspath(workdir)
     check_workdir(workdir)
     _check_schedule(config)
     dtype = compute_dtype(config)
-    sharding_lib.initialize_distributed(config)
     mesh = sharding_lib.make_mesh(config.mesh)
     task = build_task(config, workdir)
     sharding_lib.check_batch_size(task.global_batch_size, mesh)
@@ -227,11 +230,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         async_save=config.async_checkpointing)
     resume_step = checkpointer.latest_step()
     optimizer_structure = checkpoint_lib.optimizer_structure(config.optim)
+    saved_meta = checkpointer.read_meta(resume_step) if resume_step is not None else {}
     if resume_step is not None:
-        checkpoint_lib.check_meta(checkpointer.read_meta(resume_step), task.model_config, trainable_shapes,
+        checkpoint_lib.check_meta(saved_meta, task.model_config, trainable_shapes,
                                   source=f"checkpoint {checkpointer.directory}/{resume_step}",
                                   optimizer=optimizer_structure)
-    meta = {"model_config": task.model_config, "trainable_shapes": trainable_shapes, "optimizer": optimizer_structure}
+    meta = {"model_config": task.model_config, "trainable_shapes": trainable_shapes, "optimizer": optimizer_structure,
+            "processes": jax.process_count()}
     if jax.process_index() == 0:  # After the checks, so a rejected run leaves the workdir's config as it was.
         with open(os.path.join(workdir, "config.json"), "w") as f:  # `predict` / `evaluate` read it.
             f.write(config.to_json_best_effort(indent=2))
@@ -260,7 +265,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     shardings = step_lib.StepShardings(trainable=trainable_sharding, frozen=frozen_sharding, opt_state=opt_sharding,
                                        batch=sharding_lib.batch_sharding(mesh), metrics=replicated)
 
-    iterator = task.train_iterator(jax.process_index(), jax.process_count())
+    # A checkpoint saved by another number of processes resumes its data from the step, not the iterators.
+    same_processes = resume_step is None or saved_meta.get("processes", 1) == jax.process_count()
+    iterator = task.train_iterator(jax.process_index(), jax.process_count(), 0 if same_processes else resume_step)
     if resume_step is None:
         trainable = jax.device_put(split.trainable, trainable_sharding)
         opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(trainable)
@@ -268,7 +275,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     else:
         trainable, opt_state = checkpointer.restore(
             resume_step, _abstract_state(split.trainable, trainable_sharding),
-            _abstract_state(abstract_opt_state, opt_sharding), iterator)
+            _abstract_state(abstract_opt_state, opt_sharding), iterator if same_processes else None)
         step = resume_step
         logging.info("resumed from %s/%d", checkpointer.directory, resume_step)
     frozen = jax.device_put(frozen, frozen_sharding)
