@@ -407,3 +407,16 @@ def test_ablation_presets_name_real_keys_and_write_table_and_plot(tmp_path):
     assert table[0].startswith("| arm | model.sparse.use_words | model.dense.mode |") and len(table) == 2 + len(rows)
     sweep.plot_rows(rows, [name for name, _ in arms], str(tmp_path / "sweep.png"))
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_save_cut_short_resumes_from_the_last_complete_checkpoint(reference_run, tmp_path):
+    """What kill -9 during a checkpoint save leaves (the step's folder still orbax's temporary one, its metrics
+    row written) resumes from the previous checkpoint with the uninterrupted losses, one row per step."""
+    loop.train(toy_config(**RUN_OVERRIDES), str(tmp_path), ToyTask)
+    checkpoints = tmp_path / "checkpoints"
+    os.rename(checkpoints / "5", checkpoints / "5.orbax-checkpoint-tmp-1764614400")
+    resumed = loop.train(toy_config(**RUN_OVERRIDES), str(tmp_path), ToyTask)
+    assert resumed.resumed_from == 4 and sorted(resumed.losses) == [5]
+    assert resumed.losses[5] == reference_run["summary"].losses[5]  # bit-identical
+    steps = [r["step"] for r in metrics_writer.read_metrics(str(tmp_path)) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5]
