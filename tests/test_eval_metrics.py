@@ -1,5 +1,6 @@
 """J and F against hand-worked DAVIS-2017 cases and a literal transcription of the official code."""
 
+import davis_official as official
 import numpy as np
 import pytest
 
@@ -137,62 +138,6 @@ def test_frame_statistics():
     assert (mean, recall, decay) == pytest.approx((0.6, 0.6, 0.6))
 
 
-# A literal transcription of davis2017/metrics.py (ac7c43f) with a brute-force dilation standing in
-# for skimage.morphology.disk + cv2.dilate; an independent reference for the vectorised code.
-def _official_seg2bmap(seg):
-    seg = seg.astype(bool)
-    e = np.zeros_like(seg)
-    s = np.zeros_like(seg)
-    se = np.zeros_like(seg)
-    e[:, :-1] = seg[:, 1:]
-    s[:-1, :] = seg[1:, :]
-    se[:-1, :-1] = seg[1:, 1:]
-    b = seg ^ e | seg ^ s | seg ^ se
-    b[-1, :] = seg[-1, :] ^ e[-1, :]
-    b[:, -1] = seg[:, -1] ^ s[:, -1]
-    b[-1, -1] = 0
-    return b
-
-
-def _brute_dilate(b, r):
-    h, w = b.shape
-    padded = np.pad(b, r)
-    out = np.zeros_like(b)
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            if dy * dy + dx * dx <= r * r:
-                out |= padded[r + dy:r + dy + h, r + dx:r + dx + w]
-    return out
-
-
-def _official_f_measure(foreground_mask, gt_mask, void_pixels, bound_th=0.008):
-    bound_pix = bound_th if bound_th >= 1 else np.ceil(bound_th * np.linalg.norm(foreground_mask.shape))
-    fg_boundary = _official_seg2bmap(foreground_mask * np.logical_not(void_pixels))
-    gt_boundary = _official_seg2bmap(gt_mask * np.logical_not(void_pixels))
-    fg_dil = _brute_dilate(fg_boundary, int(bound_pix))
-    gt_dil = _brute_dilate(gt_boundary, int(bound_pix))
-    gt_match = gt_boundary * fg_dil
-    fg_match = fg_boundary * gt_dil
-    n_fg = np.sum(fg_boundary)
-    n_gt = np.sum(gt_boundary)
-    if n_fg == 0 and n_gt > 0:
-        precision, recall = 1, 0
-    elif n_fg > 0 and n_gt == 0:
-        precision, recall = 0, 1
-    elif n_fg == 0 and n_gt == 0:
-        precision, recall = 1, 1
-    else:
-        precision = np.sum(fg_match) / float(n_fg)
-        recall = np.sum(gt_match) / float(n_gt)
-    return 0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-
-
-def _official_iou(annotation, segmentation, void_pixels):
-    inters = np.sum((segmentation & annotation) & np.logical_not(void_pixels))
-    union = np.sum((segmentation | annotation) & np.logical_not(void_pixels))
-    return 1 if np.isclose(union, 0) else inters / union
-
-
 def _random_mask(rng, h, w):
     kind = rng.integers(4)
     if kind == 0:
@@ -213,9 +158,9 @@ def test_matches_official_transcription(height, width):
         gt, pred = _random_mask(rng, height, width), _random_mask(rng, height, width)
         void = rng.random((height, width)) < (0.05 if trial % 2 else 0.0)
         for bound_th in (0.008, 2):
-            assert metrics.boundary_f(gt, pred, void, bound_th) == _official_f_measure(pred, gt, void,
+            assert metrics.boundary_f(gt, pred, void, bound_th) == official.f_measure(pred, gt, void,
                                                                                         bound_th)
-        assert metrics.jaccard(gt, pred, void) == _official_iou(gt, pred, void)
+        assert metrics.jaccard(gt, pred, void) == official.iou(gt, pred, void)
 
 
 def test_frames_are_independent_and_pairwise_agrees():
@@ -237,4 +182,4 @@ def test_frames_are_independent_and_pairwise_agrees():
             np.testing.assert_array_equal(j[p, k], metrics.jaccard(gt, pred, void))
             np.testing.assert_array_equal(f[p, k], metrics.boundary_f(gt, pred, void))
             np.testing.assert_array_equal(
-                f[p, k], [_official_f_measure(pred[t], gt[t], void[t]) for t in range(num_frames)])
+                f[p, k], [official.f_measure(pred[t], gt[t], void[t]) for t in range(num_frames)])
