@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from refsam_jax import paths
 from refsam_jax.data import default_data_config, make_train_loader, write_synthetic_data
@@ -36,7 +35,7 @@ from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text, sam_confi
 from refsam_jax.param_rules import path_to_str
 from refsam_jax.sam.build import load_sam
 from refsam_jax.text import TextEncoder, TextTokenizer, load_text_encoder
-from refsam_jax.train import loop, losses
+from refsam_jax.train import loop, losses, sharding
 from refsam_jax.train.optimizer import TrainableSplit
 
 TRAIN_KEYS = ("frames", "masks", "image_size", "text_mask")
@@ -205,7 +204,7 @@ class RefSamTask(loop.Task):
         if self.config.synthetic.enabled:  # Written and built by process 0; the others then only locate it.
             if jax.process_index() == 0:
                 write_synthetic_data(self.config, self.workdir)
-            multihost_utils.sync_global_devices("synthetic data written")
+            sharding.barrier("synthetic data written", timeout_s=3600)
             if jax.process_index() != 0:
                 write_synthetic_data(self.config, self.workdir)
         return iter(make_train_loader(self.config, self.tokenizer, seed=self.config.seed, shard_index=shard_index,

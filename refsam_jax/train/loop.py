@@ -300,10 +300,20 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     log = _StepLog(config, writer, progress, schedules, task.global_batch_size,
                    task.global_batch_size * task.frames_per_clip,
                    origin=f" (this run resumed from {checkpointer.directory}/{resume_step})" if resume_step else "")
+    def next_batch():
+        return sharding_lib.global_batch(task.prepare_batch(next(iterator)), shardings.batch)
+
+    run_step, batch = train_step, None
+    if jax.process_count() > 1 and step < config.total_steps:
+        # Every process compiles before any of them starts the step's collectives.
+        batch = next_batch()
+        run_step = train_step.lower(trainable, frozen, opt_state, batch).compile()
+        sharding_lib.barrier("train step compiled", timeout_s=3600)
     try:
         while step < config.total_steps:
-            batch = sharding_lib.global_batch(task.prepare_batch(next(iterator)), shardings.batch)
-            trainable, opt_state, metrics = train_step(trainable, frozen, opt_state, batch)
+            batch = next_batch() if batch is None else batch
+            trainable, opt_state, metrics = run_step(trainable, frozen, opt_state, batch)
+            batch = None
             step += 1
             log.add(step, metrics)
             if step % config.checkpoint_every == 0 or step == config.total_steps:
@@ -322,6 +332,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         checkpointer.close()
         progress.close()
         writer.close()
-    return TrainSummary(step=step, losses=log.losses, compilations=train_step._cache_size(),
+    return TrainSummary(step=step, losses=log.losses,
+                        compilations=train_step._cache_size() if run_step is train_step else 1,
                         resumed_from=resume_step, evaluations=evaluations,
                         trainable_params=sum(optimizer_lib.group_sizes(trainable, labels).values()))

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax._src import distributed
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -43,6 +44,13 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     jax.distributed.initialize(**arguments, heartbeat_timeout_seconds=int(config.heartbeat_timeout_s))
     logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count())
+
+
+def barrier(name: str, timeout_s: int) -> None:
+    """Waits until every process reaches the barrier `name` (the coordination service's barrier, not a device
+    collective: gloo gives a first collective only 30 s for a late process, e.g. one still compiling)."""
+    if jax.process_count() > 1:
+        distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s) * 1000)
 
 
 def make_mesh(mesh_shape: Mapping[str, int], devices=None) -> Mesh:
