@@ -30,6 +30,7 @@ from refsam_jax import task as task_lib
 from refsam_jax.model.refsam import build_refsam
 from refsam_jax.train import optimizer as optimizer_lib
 from refsam_jax.train import step as step_lib
+from refsam_jax.trees import cast_floating
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,7 +79,7 @@ def benchmark(name: str, compute_dtype: str, batch_size: int, num_frames: int, s
     del model
     optimizer, _ = optimizer_lib.make_optimizer(config.optim, split.labels, config.total_steps)
     loss_fn = functools.partial(task_lib.refsam_loss, config)
-    frozen = step_lib.cast_floating({"model": split.frozen}, dtype)
+    frozen = cast_floating({"model": split.frozen}, dtype)
     trainable, opt_state = split.trainable, optimizer.init(split.trainable)
     batch = random_batch(config)
     sizes = {
@@ -96,7 +97,7 @@ def benchmark(name: str, compute_dtype: str, batch_size: int, num_frames: int, s
 
     @jax.jit
     def forward(trainable, frozen, batch):
-        model = nnx.merge(split.graphdef, step_lib.cast_floating(trainable, dtype), frozen["model"])
+        model = nnx.merge(split.graphdef, cast_floating(trainable, dtype), frozen["model"])
         return loss_fn(model, batch)[0]
 
     forward_compiled = forward.lower(trainable, frozen, batch).compile()

@@ -11,7 +11,6 @@ loading) and `text/` (the text encoder and its tokenizer files).
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import flags
@@ -19,6 +18,7 @@ from flax import nnx
 
 from refsam_jax import cli, inference, paths, segmenter
 from refsam_jax.text.encoder import save_text_encoder
+from refsam_jax.trees import cast_floating
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (or its checkpoints folder).")
 _OUT = flags.DEFINE_string("out", None, "New folder for the export.")
@@ -34,22 +34,14 @@ def export(workdir: str, out: str, dtype: str = "float32") -> str:
     checkpoint_dir, run_dir = inference.checkpoint_location(workdir)
     config = inference.training_config(None, run_dir)
     loaded = inference.load_model(config, checkpoint_dir)
-    storage = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
-    state = jax.tree.map(lambda x: x.astype(storage) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                         nnx.state(loaded.model))
+    state = cast_floating(nnx.state(loaded.model), {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
     os.makedirs(out, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(os.path.join(out, segmenter.MODEL_DIR), state)
         checkpointer.wait_until_finished()
     save_text_encoder(loaded.text_encoder.model, config.model.text.encoder, os.path.join(out, segmenter.TEXT_DIR))
-    portable = config.copy_and_resolve_references()
+    portable = paths.without_paths(config.copy_and_resolve_references())
     with portable.unlocked():
-        for key in paths.CONFIG_PATH_KEYS:
-            *parents, leaf = key.split(".")
-            node = portable
-            for part in parents:
-                node = node[part]
-            node[leaf] = ""
         portable.model.text.encoder = segmenter.TEXT_DIR
     with open(os.path.join(out, segmenter.CONFIG_FILE), "w") as f:
         f.write(portable.to_json_best_effort(indent=2))

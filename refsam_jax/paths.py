@@ -44,6 +44,14 @@ def absolute_paths(config: ml_collections.ConfigDict, keys=CONFIG_PATH_KEYS) -> 
     return config
 
 
+def without_paths(config: ml_collections.ConfigDict, keys=CONFIG_PATH_KEYS) -> ml_collections.ConfigDict:
+    """Empties every path under `keys` (a config that names no file of this machine), in place; returns it."""
+    with config.unlocked():
+        for _, node, leaf in _path_fields(config, keys):
+            node[leaf] = ""
+    return config
+
+
 def check_paths_exist(config: ml_collections.ConfigDict, keys=CONFIG_PATH_KEYS) -> None:
     """Raises FileNotFoundError naming every config path under `keys` that does not exist."""
     missing = [f"config.{key}: {path} does not exist" for key, node, leaf in _path_fields(config, keys)

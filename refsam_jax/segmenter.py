@@ -14,7 +14,6 @@ import json
 import os
 from typing import Iterator, Sequence, Tuple, Union
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -23,6 +22,7 @@ from flax import nnx
 from refsam_jax import inference, paths
 from refsam_jax.model.refsam import build_refsam
 from refsam_jax.text import load_text_encoder
+from refsam_jax.trees import cast_floating
 
 EXPORT_FILE = "export.json"
 CONFIG_FILE = "config.json"
@@ -52,7 +52,7 @@ def load_exported(path: str) -> inference.LoadedModel:
     graphdef, abstract_state = nnx.split(abstract)
     with ocp.StandardCheckpointer() as checkpointer:
         state = checkpointer.restore(os.path.join(path, MODEL_DIR), abstract_state)
-    state = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    state = cast_floating(state, jnp.float32)
     text = config.model.text
     text_encoder = load_text_encoder(text.encoder, text.max_length, expected_width=text.width)
     return inference.LoadedModel(nnx.merge(graphdef, state), text_encoder, config, int(record["step"]),

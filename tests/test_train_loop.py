@@ -26,6 +26,7 @@ from refsam_jax.sam.common import Buffer
 from refsam_jax.train import loop, losses, metrics_writer, sweep
 from refsam_jax.train import optimizer as optimizer_lib
 from refsam_jax.train import step as step_lib
+from refsam_jax.trees import cast_floating
 
 TEXT_WIDTH, TEXT_LENGTH = 4, 5
 TOY_RULES = ((r"^(head|text_proj)\.", "head"), (r"^tracking", "tracking"))
@@ -229,7 +230,7 @@ def test_bfloat16_compute_keeps_float32_master_weights():
     for dtype in (jnp.float32, jnp.bfloat16):
         train_step = jax.jit(step_lib.make_train_step(split.graphdef, split.labels, optimizer,
                                                       ToyTask(config, None).loss_fn, compute_dtype=dtype))
-        frozen = step_lib.cast_floating({"model": split.frozen}, dtype)
+        frozen = cast_floating({"model": split.frozen}, dtype)
         trainable, _, metrics = train_step(split.trainable, frozen, optimizer.init(split.trainable), batch)
         assert {leaf.dtype for leaf in jax.tree.leaves(trainable)} == {jnp.dtype(jnp.float32)}
         losses_by_dtype[dtype] = float(metrics["loss"])

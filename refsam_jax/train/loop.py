@@ -28,6 +28,7 @@ from refsam_jax.train import metrics_writer as metrics_lib
 from refsam_jax.train import optimizer as optimizer_lib
 from refsam_jax.train import sharding as sharding_lib
 from refsam_jax.train import step as step_lib
+from refsam_jax.trees import cast_floating
 
 
 class Task(abc.ABC):
@@ -256,7 +257,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     replicated = sharding_lib.replicated(mesh)
     trainable_sharding = sharding_lib.tree_shardings(split.trainable, mesh, config.sharding.fsdp_min_size)
-    frozen = step_lib.cast_floating({"model": split.frozen, **task.load_other_frozen()}, dtype)
+    frozen = cast_floating({"model": split.frozen, **task.load_other_frozen()}, dtype)
     frozen_sharding = sharding_lib.tree_shardings(frozen, mesh, config.sharding.fsdp_min_size)
     abstract_opt_state = jax.eval_shape(optimizer.init, split.trainable)
     opt_sharding = step_lib.opt_state_shardings(

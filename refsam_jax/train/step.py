@@ -20,15 +20,9 @@ import optax
 from flax import nnx
 
 from refsam_jax.train import optimizer as optimizer_lib
+from refsam_jax.trees import cast_floating
 
 LossFn = Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
-
-
-def cast_floating(tree: Any, dtype) -> Any:
-    """Floating-point leaves of `tree` cast to `dtype` (others unchanged)."""
-    def cast(x):
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype else x
-    return jax.tree.map(cast, tree)
 
 
 def strong_types(tree: Any) -> Any:
