@@ -18,6 +18,11 @@ Datasets (inference protocol in inference.py; masks are `logit > --threshold`):
   ytvos_valid    Ref-YouTube-VOS valid: 0/255 PNGs for every expression and frame, zipped for the server.
 Outputs go to `--out` (default `<workdir>/eval/<dataset>/step_<N>`): `predictions/`, `results.json`
 and a per-expression (or per-object) CSV, or `submission.zip`.
+
+Multi-process (one process per host, as train.py: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID, or `--multihost` for JAX's auto-detection on TPU pods and SLURM): each process segments
+its share of the videos on its first device, the scores are gathered, and process 0 writes the results,
+identical to a one-process run (docs/multihost.md).
 """
 
 import json
@@ -25,10 +30,11 @@ import os
 import time
 from typing import Dict, Optional, Tuple
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from refsam_jax import cli, inference, paths
+from refsam_jax import cli, inference, paths, processes
 from refsam_jax.data import write_synthetic_data
 from refsam_jax.data.pipeline import builder_config
 from refsam_jax.evaluation.video import evaluate_davis, evaluate_ytvos_heldout, predict_ytvos_valid
@@ -54,6 +60,8 @@ def define_flags() -> dict:
         "valid_videos": flags.DEFINE_integer(
             "valid_videos", 202, "ytvos_valid: videos the valid-minus-test split must have (the competition's "
             "202; 0: no check, for other trees). Checked before any inference."),
+        "multihost": flags.DEFINE_bool("multihost", False, "Join a multi-process run that JAX auto-detects (TPU "
+                                       "pods, SLURM); JAX_COORDINATOR_ADDRESS etc. imply it."),
     }
 
 
@@ -92,12 +100,14 @@ def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, 
         result = evaluate_ytvos_heldout(segmenter, data_dir, os.path.join(out_dir, "predictions"),
                                         manual_dir=manual_dir or None, builder_config=ytvos_config,
                                         threshold=threshold, max_videos=max_videos)
-        result.write_csv(os.path.join(out_dir, "per_expression.csv"))
+        if jax.process_index() == 0:
+            result.write_csv(os.path.join(out_dir, "per_expression.csv"))
         summary.update(result.summary())
     elif dataset == "davis":
         result = evaluate_davis(segmenter, data_dir, manual_dir, os.path.join(out_dir, "predictions"),
                                 threshold=threshold, max_videos=max_videos)
-        result.write_csv(os.path.join(out_dir, "per_object.csv"))
+        if jax.process_index() == 0:
+            result.write_csv(os.path.join(out_dir, "per_object.csv"))
         summary.update(result.summary())
     else:
         synthetic = bool(config.get("synthetic") and config.synthetic.enabled)
@@ -105,8 +115,9 @@ def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, 
                                      threshold=threshold, expected_num_videos=None if synthetic or not valid_videos else valid_videos)
         summary.update(report.summary(), zip=os.path.join(out_dir, "submission.zip"))
     summary["seconds"] = time.perf_counter() - start
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary
 
 
@@ -125,6 +136,7 @@ def format_summary(summary: Dict[str, object]) -> str:
 def main(argv, flag_values: dict):
     del argv  # cli.run rejects extra arguments.
     value = {name: holder.value for name, holder in flag_values.items()}
+    processes.initialize(value["multihost"])  # Before any other JAX call.
     value.update({name: paths.absolute(value[name]) for name in ("workdir", "out", "data_dir", "manual_dir")
                   if value[name]})
     if not value["workdir"]:
@@ -136,8 +148,9 @@ def main(argv, flag_values: dict):
                        data_dir=value["data_dir"], manual_dir=value["manual_dir"], threshold=value["threshold"],
                        chunk_size=value["chunk_size"], expression_batch=value["expression_batch"],
                        max_videos=value["max_videos"], valid_videos=value["valid_videos"])
-    print(format_summary(summary))
-    print(f"outputs: {summary['out']}")
+    if jax.process_index() == 0:
+        print(format_summary(summary))
+        print(f"outputs: {summary['out']}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from refsam_jax import paths
+from refsam_jax import paths, processes
 from refsam_jax.data import default_data_config, make_train_loader, write_synthetic_data
 from refsam_jax.data.pipeline import builder_config
 from refsam_jax.evaluation.video import evaluate_ytvos_heldout
@@ -35,7 +35,7 @@ from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text, sam_confi
 from refsam_jax.param_rules import path_to_str
 from refsam_jax.sam.build import load_sam
 from refsam_jax.text import TextEncoder, TextTokenizer, load_text_encoder
-from refsam_jax.train import loop, losses, sharding
+from refsam_jax.train import loop, losses
 from refsam_jax.train.optimizer import TrainableSplit
 
 TRAIN_KEYS = ("frames", "masks", "image_size", "text_mask")
@@ -204,7 +204,7 @@ class RefSamTask(loop.Task):
         if self.config.synthetic.enabled:  # Written and built by process 0; the others then only locate it.
             if jax.process_index() == 0:
                 write_synthetic_data(self.config, self.workdir)
-            sharding.barrier("synthetic data written", timeout_s=3600)
+            processes.barrier("synthetic data written", timeout_s=3600)
             if jax.process_index() != 0:
                 write_synthetic_data(self.config, self.workdir)
         return iter(make_train_loader(self.config, self.tokenizer, seed=self.config.seed, shard_index=shard_index,

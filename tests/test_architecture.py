@@ -10,7 +10,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Lowest first. A unit is a subpackage or a top-level module; units of one layer may not import each other.
 LAYERS = (
-    ("paths", "param_rules", "trees", "visualize", "porting"),
+    ("paths", "param_rules", "processes", "trees", "visualize", "porting"),
     ("sam", "text", "checkpoint"),
     ("model",),
     ("data",),

@@ -5,6 +5,7 @@ Each process is `train.py` started with JAX's environment variables (JAX_COORDIN
 JAX_NUM_PROCESSES, JAX_PROCESS_ID) and 2 simulated CPU devices; collectives cross processes through gloo.
 """
 
+import json
 import os
 import signal
 import socket
@@ -33,14 +34,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir, devices: int, process_id: int = 0, num_processes: int = 1, port: int = 0, steps: int = 4):
+def _launch(workdir, devices: int, process_id: int = 0, num_processes: int = 1, port: int = 0, steps: int = 4,
+            extra=()):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     if num_processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
                    JAX_PROCESS_ID=str(process_id))
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), f"--config={DEMO}",
-                             f"--workdir={workdir}", f"--config.total_steps={steps}", *OVERRIDES], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             f"--workdir={workdir}", f"--config.total_steps={steps}", *OVERRIDES, *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(processes):
@@ -61,11 +63,11 @@ def test_host_shards_are_disjoint_and_make_the_one_host_batches():
             [int(m.rng.integers(1 << 30)) for m in [stream[i] for i in range(4 * batch, 4 * batch + 4)]]
 
 
-def _run(workdir, processes: int, steps: int = 4):
+def _run(workdir, processes: int, steps: int = 4, extra=()):
     """`processes` x (4 / processes) CPU devices."""
     port = _free_port()
     _finish([_launch(workdir, devices=4 // processes, process_id=i, num_processes=processes, port=port,
-                     steps=steps) for i in range(processes)])
+                     steps=steps, extra=extra) for i in range(processes)])
 
 
 def losses(workdir):
@@ -95,6 +97,49 @@ def test_two_processes_train_like_one_and_resume_on_the_other_topology(tmp_path)
         assert sorted(losses(workdir)) == [1, 2, 3, 4]
         np.testing.assert_allclose([losses(workdir)[s] for s in (3, 4)], [losses(one)[s] for s in (3, 4)],
                                    rtol=1e-5, atol=1e-6)
+
+
+def _evaluate(workdir, out, processes: int, *extra):
+    """`python -m refsam_jax.evaluate` as `processes` processes of one CPU device each; their stdouts."""
+    port = _free_port()
+    launched = []
+    for i in range(processes):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+        if processes > 1:
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+                       JAX_PROCESS_ID=str(i))
+        launched.append(subprocess.Popen(
+            [sys.executable, "-m", "refsam_jax.evaluate", f"--workdir={workdir}", f"--out={out}", *extra],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in launched]
+    for p, (_, stderr) in zip(launched, outputs):
+        assert p.returncode == 0, stderr[-4000:]
+    return [stdout for stdout, _ in outputs]
+
+
+def test_two_processes_evaluate_like_one(tmp_path):
+    """Each process segments every other video; the gathered scores equal one process's, in its order."""
+    workdir = tmp_path / "run"
+    _run(workdir, processes=1, steps=2,  # 3 held-out videos
+         extra=["--config.synthetic.num_videos=12", "--config.data.heldout_fraction=0.25"])
+    davis = tmp_path / "davis"
+    subprocess.run([sys.executable, "-m", "refsam_jax.data", "synthetic", "--layout", "ref_davis17",
+                    "--root", str(davis), "--num_items", "3"], check=True, capture_output=True)
+    for dataset, table, extra in (
+            ("ytvos_heldout", "per_expression.csv", ["--dataset=ytvos_heldout", "--max_videos=3"]),
+            ("davis", "per_object.csv", ["--dataset=davis", f"--data_dir={tmp_path / 'tfds'}",
+                                         f"--manual_dir={davis}"])):
+        one, two = tmp_path / f"{dataset}_one", tmp_path / f"{dataset}_two"
+        printed_two = _evaluate(workdir, two, 2, *extra)  # First: process 0 builds the DAVIS dataset.
+        printed_one = _evaluate(workdir, one, 1, *extra)
+        assert "J&F" in printed_two[0] and "J&F" not in printed_two[1] and "J&F" in printed_one[0]  # process 0
+        results = [json.loads((out / "results.json").read_text()) for out in (one, two)]
+        for key in ("J", "F", "JF"):
+            assert results[1][key] == results[0][key], (dataset, key)
+        assert (two / table).read_text() == (one / table).read_text()
+        assert len((one / table).read_text().splitlines()) > 2  # Several videos, so both processes had some.
+        predictions = sorted(p.relative_to(one) for p in (one / "predictions").rglob("*.png"))
+        assert predictions == sorted(p.relative_to(two) for p in (two / "predictions").rglob("*.png"))
 
 
 def test_a_killed_process_stops_the_other_and_a_restart_resumes(tmp_path):

@@ -263,6 +263,34 @@ class RefDavisResult:
     sequences_without_objects: List[str]
     matching: str
 
+    def check(self) -> "RefDavisResult":
+        """Raises unless some ground-truth object was scored; returns the result."""
+        if not next(iter(self.sets.values())).objects:
+            raise EvaluationInputError(
+                f"no ground-truth objects in any first frame of {describe_paths(self.sequences)}")
+        return self
+
+    def to_json(self) -> Dict[str, object]:
+        return {"sets": {str(a): {"objects": [dataclasses.astuple(o) for o in s.objects], "missing": s.missing}
+                         for a, s in self.sets.items()},
+                "sequences": self.sequences, "sequences_without_objects": self.sequences_without_objects,
+                "matching": self.matching}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, object]) -> "RefDavisResult":
+        sets = {int(a): SetResult(int(a), [ObjectScore(*o) for o in s["objects"]], list(s["missing"]))
+                for a, s in value["sets"].items()}
+        return cls(sets, list(value["sequences"]), list(value["sequences_without_objects"]), value["matching"])
+
+    @classmethod
+    def merge(cls, parts: Sequence["RefDavisResult"]) -> "RefDavisResult":
+        """The result of disjoint sets of sequences as one, sequences (and their objects) in name order."""
+        first = parts[0]
+        sets = {a: SetResult(a, sorted((o for p in parts for o in p.sets[a].objects), key=lambda o: o.sequence),
+                             sorted(m for p in parts for m in p.sets[a].missing)) for a in first.sets}
+        return cls(sets, sorted(q for p in parts for q in p.sequences),
+                   sorted(q for p in parts for q in p.sequences_without_objects), first.matching)
+
     def summary(self) -> Dict[str, object]:
         per_set = {a: s.summary() for a, s in self.sets.items()}
         mean = {key: float(np.mean([s[key] for s in per_set.values()])) for key in ("J", "F", "JF")}
@@ -334,11 +362,21 @@ def evaluate_ref_davis(pred_root: str, davis_root: str, subset: str = "val",
       matching: "hungarian" (official) or "identity".
       skip_missing: score missing prediction files/folders as empty and list them, instead of raising.
     """
+    sequences = list(sequences) if sequences is not None else read_sequence_list(davis_root, subset)
+    return score_ref_davis(pred_root, davis_root, sequences, annotators, matching, skip_missing, resolution,
+                           bound_th).check()
+
+
+def score_ref_davis(pred_root: str, davis_root: str, sequences: Sequence[str],
+                    annotators: Sequence[int] = ANNOTATORS, matching: str = "hungarian",
+                    skip_missing: bool = False, resolution: str = "480p",
+                    bound_th: float = DEFAULT_BOUND_TH) -> RefDavisResult:
+    """`evaluate_ref_davis` of the listed sequences, which may hold no object (one process's share of an
+    evaluation, to `RefDavisResult.merge`)."""
     if not annotators or any(a not in ANNOTATORS for a in annotators):
         raise ValueError(f"annotators must be a non-empty subset of {ANNOTATORS}, got {annotators}")
     if matching not in MATCHINGS:
         raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
-    sequences = list(sequences) if sequences is not None else read_sequence_list(davis_root, subset)
     annotator_dirs = {a: _annotator_dir(pred_root, a) for a in annotators}
     frames = {seq: ground_truth_frames(davis_root, seq, resolution) for seq in sequences}
     expected = {a: [os.path.join(annotator_dirs[a], seq, f"{frame}.png")
@@ -356,7 +394,4 @@ def evaluate_ref_davis(pred_root: str, davis_root: str, subset: str = "val",
                                             missing)
             _check_proposals(pred_labels, sequence_dir)
             sets[a].objects += score_sequence(pred_labels, gt_labels, sequence, matching, bound_th)
-    if not sets[annotators[0]].objects:
-        raise EvaluationInputError(
-            f"no ground-truth objects in any first frame of {describe_paths(sequences)}")
-    return RefDavisResult(sets, sequences, without_objects, matching)
+    return RefDavisResult(sets, list(sequences), without_objects, matching)

@@ -3,22 +3,31 @@ the Ref-YouTube-VOS valid submission.
 
 A segmenter is anything with `segment(frames, sentences)` yielding `(t, logits [E, H, W])` per frame
 (`refsam_jax.inference.VideoSegmenter`); masks are `logits > threshold`. Nothing here knows the model.
+
+In a multi-process run every process calls the scorer: each segments its share of the videos (every
+process_count()-th), and the scores are gathered, in the order of a one-process run, so every process
+returns the numbers one process would. Prediction files go to `out_dir` on each host; the valid
+submission zip (written by process 0) needs `out_dir` on a file system every host writes to.
 """
 
+import dataclasses
 import itertools
 import os
 import sys
 from typing import Iterator, List, Optional, Tuple
 
+import jax
 import numpy as np
 import tqdm
 
-from refsam_jax.data import iterate_eval_videos
+from refsam_jax import processes
+from refsam_jax.data import builders, iterate_eval_videos
 from refsam_jax.evaluation import save_binary_mask_png
 from refsam_jax.evaluation.metrics import boundary_f, jaccard
-from refsam_jax.evaluation.ref_davis import ANNOTATORS, evaluate_ref_davis, write_davis_prediction
+from refsam_jax.evaluation.ref_davis import ANNOTATORS, RefDavisResult, score_ref_davis, write_davis_prediction
 from refsam_jax.evaluation.ref_ytvos import (
     ExpressionScore,
+    SubmissionReport,
     YtvosResult,
     load_meta_expressions,
     valid_video_ids,
@@ -26,13 +35,24 @@ from refsam_jax.evaluation.ref_ytvos import (
 )
 
 
-def video_groups(items: Iterator, max_videos: int = 0) -> Iterator[Tuple[str, List]]:
+def video_groups(items: Iterator) -> Iterator[Tuple[str, List]]:
     """`iterate_eval_videos` items (one per expression, a video's together) -> (video id, its items)."""
-    groups = itertools.groupby(items, key=lambda item: item.video_id)
-    if max_videos:
-        groups = itertools.islice(groups, max_videos)
-    for video, group in groups:
+    for video, group in itertools.groupby(items, key=lambda item: item.video_id):
         yield video, list(group)
+
+
+def _my_videos(name: str, data_dir: str, split: str, desc: str, *, manual_dir=None, builder_config=None,
+               progress: bool = True, **limits) -> Iterator[Tuple[str, List]]:
+    """(video id, its items) of this process's share of the split (`iterate_eval_videos` limits), with a
+    progress bar on process 0. With `manual_dir`, process 0 builds the dataset first if needed."""
+    if manual_dir is not None:
+        if jax.process_index() == 0:
+            builders.build(name, manual_dir, data_dir, config=builder_config)
+        processes.barrier(f"{name} built", timeout_s=24 * 3600)
+    items = iterate_eval_videos(name, data_dir, split, manual_dir=manual_dir, builder_config=builder_config,
+                                shard_index=jax.process_index(), shard_count=jax.process_count(), **limits)
+    return tqdm.tqdm(video_groups(items), unit="video", desc=desc, file=sys.stderr,
+                     disable=not progress or jax.process_index() > 0)
 
 
 def evaluate_ytvos_heldout(segmenter, data_dir: str, out_dir: Optional[str] = None, *, split: str = "heldout",
@@ -43,12 +63,10 @@ def evaluate_ytvos_heldout(segmenter, data_dir: str, out_dir: Optional[str] = No
     if it is not built yet; `builder_config`: a non-default held-out split (`data.pipeline.builder_config`);
     `max_videos` / `max_expressions`: only the first ones (0: all)."""
     scores = []
-    items = iterate_eval_videos("ref_youtube_vos", data_dir, split, manual_dir=manual_dir,
-                                builder_config=builder_config)
-    if max_expressions:
-        items = itertools.islice(items, max_expressions)
-    videos = video_groups(items, max_videos)
-    for video, expressions in tqdm.tqdm(videos, unit="video", desc=split, file=sys.stderr, disable=not progress):
+    videos = _my_videos("ref_youtube_vos", data_dir, split, split, manual_dir=manual_dir,
+                        builder_config=builder_config, progress=progress, max_videos=max_videos,
+                        max_expressions=max_expressions)
+    for video, expressions in videos:
         first = expressions[0]
         j = np.zeros((len(expressions), len(first.frame_names)))
         f = np.zeros_like(j)
@@ -62,6 +80,8 @@ def evaluate_ytvos_heldout(segmenter, data_dir: str, out_dir: Optional[str] = No
                 f[e, t] = boundary_f(item.masks[t], prediction)
         scores += [ExpressionScore(video, item.expression_id, item.obj_id, float(j[e].mean()), float(f[e].mean()),
                                    len(item.frame_names)) for e, item in enumerate(expressions)]
+    gathered = processes.allgather("ytvos scores", [dataclasses.astuple(score) for score in scores])
+    scores = sorted((ExpressionScore(*row) for part in gathered for row in part), key=lambda score: score.video)
     if not scores:
         raise ValueError(f"split {split!r} of ref_youtube_vos in {data_dir} has no expressions")
     return YtvosResult(scores, [])
@@ -77,8 +97,8 @@ def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, t
     """Ref-DAVIS17 valid: index PNGs `<out_dir>/<set>/<video>/<frame>.png`, scored against
     `<manual_dir>/DAVIS` with the official protocol. Returns an `evaluation.ref_davis.RefDavisResult`."""
     videos = []
-    items = iterate_eval_videos("ref_davis17", data_dir, "valid", manual_dir=manual_dir)
-    for video, expressions in tqdm.tqdm(video_groups(items, max_videos), unit="video", desc="davis", file=sys.stderr):
+    for video, expressions in _my_videos("ref_davis17", data_dir, "valid", "davis", manual_dir=manual_dir,
+                                         max_videos=max_videos):
         videos.append(video)
         object_ids = sorted({item.obj_id for item in expressions})
         first = expressions[0]
@@ -91,9 +111,12 @@ def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, t
                 if scores:
                     write_davis_prediction(out_dir, expression_set, video, first.frame_names[t], scores,
                                            background=threshold, zero_below=-np.inf)
-    if not videos:
+    mine = score_ref_davis(out_dir, os.path.join(manual_dir, "DAVIS"), videos)
+    result = RefDavisResult.merge([RefDavisResult.from_json(part)
+                                   for part in processes.allgather("davis scores", mine.to_json())])
+    if not result.sequences:
         raise ValueError(f"ref_davis17 valid in {data_dir} has no videos")
-    return evaluate_ref_davis(out_dir, os.path.join(manual_dir, "DAVIS"), sequences=videos)
+    return result.check()
 
 
 def predict_ytvos_valid(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, builder_config=None,
@@ -106,14 +129,17 @@ def predict_ytvos_valid(segmenter, data_dir: str, manual_dir: str, out_dir: str,
     test_meta = os.path.join(meta, "test", "meta_expressions.json")
     valid_video_ids(load_meta_expressions(valid_meta), load_meta_expressions(test_meta), expected_num_videos)
     predictions = os.path.join(out_dir, "predictions")
-    items = iterate_eval_videos("ref_youtube_vos", data_dir, "valid", manual_dir=manual_dir,
-                                builder_config=builder_config)
-    for video, expressions in tqdm.tqdm(video_groups(items), unit="video", desc="valid", file=sys.stderr):
+    for video, expressions in _my_videos("ref_youtube_vos", data_dir, "valid", "valid", manual_dir=manual_dir,
+                                         builder_config=builder_config):
         first = expressions[0]
         for t, logits in segmenter.segment(first.frames, [e.sentence for e in expressions]):
             for e, item in enumerate(expressions):
                 path = os.path.join(predictions, video, item.expression_id, f"{first.frame_names[t]}.png")
                 save_binary_mask_png(logits[e] > threshold, path)
-    return write_submission_zip(predictions, valid_meta, test_meta, os.path.join(out_dir, "submission.zip"),
-                                images_root=os.path.join(manual_dir, "valid", "JPEGImages"),
-                                expected_num_videos=expected_num_videos)
+    processes.barrier("valid predictions written", timeout_s=24 * 3600)
+    report = None
+    if jax.process_index() == 0:
+        report = write_submission_zip(predictions, valid_meta, test_meta, os.path.join(out_dir, "submission.zip"),
+                                      images_root=os.path.join(manual_dir, "valid", "JPEGImages"),
+                                      expected_num_videos=expected_num_videos)
+    return SubmissionReport(**processes.allgather("submission", report and dataclasses.asdict(report))[0])

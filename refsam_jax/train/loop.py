@@ -24,6 +24,7 @@ from absl import logging
 from flax import nnx
 
 from refsam_jax import checkpoint as checkpoint_lib
+from refsam_jax import processes
 from refsam_jax.train import metrics_writer as metrics_lib
 from refsam_jax.train import optimizer as optimizer_lib
 from refsam_jax.train import sharding as sharding_lib
@@ -212,7 +213,7 @@ class _StepLog:
 def train(config: ml_collections.ConfigDict, workdir: str,
           build_task: Callable[[ml_collections.ConfigDict, str], Task]) -> TrainSummary:
     """Trains `build_task(config, workdir)` for `config.total_steps` steps, resuming from `workdir` if possible."""
-    sharding_lib.initialize_distributed(config)  # Before any other JAX call.
+    processes.initialize(config.multihost, config.heartbeat_timeout_s)  # Before any other JAX call.
     workdir = os.path.abspath(workdir)
     check_workdir(workdir)
     _check_schedule(config)
@@ -309,7 +310,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         # Every process compiles before any of them starts the step's collectives.
         batch = next_batch()
         run_step = train_step.lower(trainable, frozen, opt_state, batch).compile()
-        sharding_lib.barrier("train step compiled", timeout_s=3600)
+        processes.barrier("train step compiled", timeout_s=3600)
     try:
         while step < config.total_steps:
             batch = next_batch() if batch is None else batch

@@ -8,49 +8,14 @@ The same program runs on 1 CPU, simulated CPU devices, GPUs and TPU pods.
 """
 
 import math
-import os
 from typing import Any, Mapping
 
 import jax
-import ml_collections
 import numpy as np
-from absl import logging
-from jax._src import distributed
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp")
-
-
-def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """Joins a multi-process run; call it before any other JAX call.
-
-    With JAX_COORDINATOR_ADDRESS set, the run is described by JAX's environment variables
-    (JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES, JAX_PROCESS_ID); with `config.multihost` alone,
-    JAX detects it (TPU pods, SLURM). Cross-process collectives on CPU use gloo. A process that loses a peer
-    fails after `config.heartbeat_timeout_s` seconds instead of waiting forever.
-    """
-    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if not (config.multihost or address) or jax.distributed.is_initialized():
-        return
-    arguments = {}
-    if address:
-        missing = [name for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if name not in os.environ]
-        if missing:
-            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not")
-        arguments = {"coordinator_address": address, "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
-                     "process_id": int(os.environ["JAX_PROCESS_ID"])}
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**arguments, heartbeat_timeout_seconds=int(config.heartbeat_timeout_s))
-    logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
-                 jax.local_device_count())
-
-
-def barrier(name: str, timeout_s: int) -> None:
-    """Waits until every process reaches the barrier `name` (the coordination service's barrier, not a device
-    collective: gloo gives a first collective only 30 s for a late process, e.g. one still compiling)."""
-    if jax.process_count() > 1:
-        distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s) * 1000)
 
 
 def make_mesh(mesh_shape: Mapping[str, int], devices=None) -> Mesh:
