@@ -38,6 +38,7 @@ from refsam_jax import cli, inference, paths, processes
 from refsam_jax.data import write_synthetic_data
 from refsam_jax.data.pipeline import builder_config
 from refsam_jax.evaluation.video import evaluate_davis, evaluate_ytvos_heldout, predict_ytvos_valid
+from refsam_jax.segmenter import Segmenter
 
 DATASETS = ("ytvos_heldout", "davis", "ytvos_valid")
 
@@ -56,6 +57,7 @@ def define_flags() -> dict:
         "threshold": flags.DEFINE_float("threshold", 0.0, "Mask = logit > threshold (official: 0.01 / 0.1)."),
         "chunk_size": flags.DEFINE_integer("chunk_size", 8, "Frames per model call."),
         "expression_batch": flags.DEFINE_integer("expression_batch", 4, "Expressions decoded together."),
+        "dtype": flags.DEFINE_enum("dtype", "float32", sorted(inference.DTYPES), "Precision of the model."),
         "max_videos": flags.DEFINE_integer("max_videos", 0, "Evaluate only the first N videos (0: all)."),
         "valid_videos": flags.DEFINE_integer(
             "valid_videos", 202, "ytvos_valid: videos the valid-minus-test split must have (the competition's "
@@ -74,7 +76,7 @@ def data_locations(config, workdir: str, data_dir: Optional[str], manual_dir: Op
 
 def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, *,
              data_dir: Optional[str] = None, manual_dir: Optional[str] = None, threshold: float = 0.0,
-             chunk_size: int = 8, expression_batch: int = 4, max_videos: int = 0,
+             chunk_size: int = 8, expression_batch: int = 4, dtype: str = "float32", max_videos: int = 0,
              valid_videos: int = 202) -> Dict[str, object]:
     """Runs one evaluation of `loaded` (an `inference.LoadedModel`); writes its outputs and returns a summary."""
     if dataset not in DATASETS:
@@ -91,28 +93,30 @@ def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, 
                          f"trains on {config.data.name!r}")
     ytvos_config = builder_config("ref_youtube_vos", config.data)  # The run's held-out fraction and seed.
     os.makedirs(out_dir, exist_ok=True)
-    segmenter = inference.VideoSegmenter(loaded.model, loaded.text_encoder, chunk_size=chunk_size,
-                                         expression_batch=expression_batch)
+    # Each process segments its share of the videos on its first device (evaluation.video).
+    segmenter = Segmenter(loaded, threshold=threshold, chunk_size=chunk_size, expression_batch=expression_batch,
+                          dtype=dtype, devices=jax.local_devices()[:1] if jax.process_count() > 1 else None)
     start = time.perf_counter()
     summary: Dict[str, object] = {"dataset": dataset, "model": loaded.source, "step": loaded.step,
-                                  "threshold": threshold, "out": out_dir}
+                                  "threshold": threshold, "dtype": dtype, "out": out_dir}
     if dataset == "ytvos_heldout":
         result = evaluate_ytvos_heldout(segmenter, data_dir, os.path.join(out_dir, "predictions"),
                                         manual_dir=manual_dir or None, builder_config=ytvos_config,
-                                        threshold=threshold, max_videos=max_videos)
+                                        max_videos=max_videos)
         if jax.process_index() == 0:
             result.write_csv(os.path.join(out_dir, "per_expression.csv"))
         summary.update(result.summary())
     elif dataset == "davis":
         result = evaluate_davis(segmenter, data_dir, manual_dir, os.path.join(out_dir, "predictions"),
-                                threshold=threshold, max_videos=max_videos)
+                                max_videos=max_videos)
         if jax.process_index() == 0:
             result.write_csv(os.path.join(out_dir, "per_object.csv"))
         summary.update(result.summary())
     else:
         synthetic = bool(config.get("synthetic") and config.synthetic.enabled)
+        expected = None if synthetic or not valid_videos else valid_videos
         report = predict_ytvos_valid(segmenter, data_dir, manual_dir, out_dir, builder_config=ytvos_config,
-                                     threshold=threshold, expected_num_videos=None if synthetic or not valid_videos else valid_videos)
+                                     expected_num_videos=expected)
         summary.update(report.summary(), zip=os.path.join(out_dir, "submission.zip"))
     summary["seconds"] = time.perf_counter() - start
     if jax.process_index() == 0:
@@ -147,7 +151,7 @@ def main(argv, flag_values: dict):
     summary = evaluate(loaded, value["dataset"], workdir or value["workdir"], value["out"],
                        data_dir=value["data_dir"], manual_dir=value["manual_dir"], threshold=value["threshold"],
                        chunk_size=value["chunk_size"], expression_batch=value["expression_batch"],
-                       max_videos=value["max_videos"], valid_videos=value["valid_videos"])
+                       dtype=value["dtype"], max_videos=value["max_videos"], valid_videos=value["valid_videos"])
     if jax.process_index() == 0:
         print(format_summary(summary))
         print(f"outputs: {summary['out']}")

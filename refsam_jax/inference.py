@@ -12,13 +12,15 @@ Protocol (REFSAM_SPEC.md §6.1, with the fixes of §9.5 and §9.11):
 - Frames go through the model in chunks of `chunk_size`; the last chunk is padded with blank frames
   whose outputs are dropped and which do not advance the track. Every compiled program has static
   shapes independent of the video's length and size, except the final resize to the original size
-  (compiled once per distinct frame size). The image encoder runs once per frame, whatever the number
+  (compiled once per padded size, `sam.transforms.padded_size`). The image encoder runs once per frame, whatever the number
   of expressions.
 - Each expression has its own track state, carried from chunk to chunk (the official DAVIS script
   shares one across the 4 expressions of an object, spec §9.5). Expressions are decoded in batches of
   `expression_batch` (the last batch padded by repeating an expression).
 - Low-res logits `[4g, 4g]` are upsampled as SAM does (`postprocess_masks`: bilinear to S, crop the
-  content, bilinear to the original size).
+  content, bilinear to the original size), as one linear map per axis.
+- Precision: `dtype="bfloat16"` casts the weights and runs the model in bfloat16 (the post-processing and
+  the returned logits stay float32). Devices: all local ones by default (`VideoSegmenter`).
 - Binarisation: `logit > DEFAULT_THRESHOLD` = 0.0, i.e. sigmoid > 0.5, the threshold the training loss
   implies. The official Ref-YouTube-VOS script uses logit > 0.01 and the Ref-DAVIS script effectively
   logit > 0.1 (spec §9.12); both are reachable through `threshold` arguments.
@@ -43,11 +45,19 @@ from PIL import Image
 from refsam_jax import paths
 from refsam_jax.checkpoint import load_trained_params
 from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text
-from refsam_jax.sam.transforms import check_image, normalize, postprocess_masks_jit, resize_longest_side
+from refsam_jax.sam.transforms import (
+    apply_postprocess,
+    check_image,
+    normalize,
+    postprocess_matrices,
+    resize_longest_side,
+)
 from refsam_jax.text import clean_caption, load_text_encoder
+from refsam_jax.trees import cast_floating
 from refsam_jax.visualize import ffmpeg_subprocess
 
 DEFAULT_THRESHOLD = 0.0
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -159,22 +169,24 @@ def open_video(path: str) -> VideoFrames:
 # The model programs.
 
 
-def _encode_chunk(graphdef: nnx.GraphDef, state: nnx.State, frames: jax.Array, content: jax.Array):
-    """uint8 `[T, S, S, 3]` (content top-left, zeros elsewhere), content (h, w) -> the frames' embeddings."""
+def _encode_chunk(graphdef: nnx.GraphDef, dtype: str, state: nnx.State, frames: jax.Array, content: jax.Array):
+    """uint8 `[T, S, S, 3]` (content top-left, zeros elsewhere), content (h, w) -> the frames' embeddings,
+    computed in `dtype`."""
     model = nnx.merge(graphdef, state)
     size = frames.shape[1]
     rows = jnp.arange(size)[:, None] < content[0]
     cols = jnp.arange(size)[None, :] < content[1]
     x = jnp.where((rows & cols)[None, :, :, None], normalize(frames.astype(jnp.float32)), 0.0)
-    return model.encode_frames(x)
+    return model.encode_frames(x.astype(dtype))
 
 
 def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, embedding: jax.Array, interm: Sequence[jax.Array],
                   valid: jax.Array, text_features: jax.Array, text_mask: jax.Array, track_state):
     """Decodes T frames for E expressions, carrying the track: embeddings `[T, g, g, C]`, valid `[T]` bool,
-    text `[E, L, C_t]`, `[E, L]` -> (low-res logits `[T, E, 4g, 4g]`, track state)."""
+    text `[E, L, C_t]`, `[E, L]` -> (float32 low-res logits `[T, E, 4g, 4g]`, track state); computed in the
+    embeddings' dtype."""
     model = nnx.merge(graphdef, state)
-    words, sentence = model.prompts(text_features, text_mask)
+    words, sentence = model.prompts(text_features.astype(embedding.dtype), text_mask)
     num_expressions = text_features.shape[0]
 
     def per_expression(x):  # [...] -> [E, ...], the same frame for every expression
@@ -185,21 +197,21 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, embedding: jax.Array
         logits, new_track = model.decode_frame(per_expression(frame_embedding),
                                                [per_expression(x) for x in frame_interm],
                                                words, sentence, text_mask, track)
-        track = jax.tree.map(lambda new, old: jnp.where(is_valid, new, old), new_track, track)
+        track = jax.tree.map(lambda new, old: jnp.where(is_valid, new, old).astype(old.dtype), new_track, track)
         return track, logits
 
     track_state, logits = jax.lax.scan(step, track_state, (embedding, list(interm), valid))
-    return logits, track_state
+    return logits.astype(jnp.float32), track_state
 
 
 # Module-level so that models of one architecture (e.g. untrained and trained) share the compiled programs.
-_encode_jit = jax.jit(_encode_chunk, static_argnums=0)
+_encode_jit = jax.jit(_encode_chunk, static_argnums=(0, 1))
 _decode_jit = jax.jit(_decode_chunk, static_argnums=0)
 
 
 def compiled_programs() -> int:
     """How many programs the segmenters have compiled (encode + decode + resize), for tests."""
-    return _encode_jit._cache_size() + _decode_jit._cache_size() + postprocess_masks_jit._cache_size()
+    return _encode_jit._cache_size() + _decode_jit._cache_size() + apply_postprocess._cache_size()
 
 
 @dataclasses.dataclass
@@ -214,30 +226,44 @@ class ExpressionBatch:
 class VideoSegmenter:
     """Runs a RefSAM model over videos; see the module docstring for the protocol.
 
-    Runs on the first device.
+    Runs on `devices` (default: all local devices) with the weights replicated: each chunk's frames are
+    split over the devices for the image encoder, and each batch of expressions too for the decoder when
+    `expression_batch` is a multiple of the device count (else every device decodes all of them).
 
     Args:
       model: the RefSAM model (its weights are read once, here).
       text_encoder: the frozen `refsam_jax.text.TextEncoder` the model was trained with.
-      chunk_size: frames per model call (static).
+      chunk_size: frames per model call (static), rounded up to a multiple of the device count.
       expression_batch: expressions decoded together (static).
+      dtype: "float32" or "bfloat16": the weights and the computation (logits come back as float32).
+      devices: the devices to run on.
     """
 
-    def __init__(self, model: RefSAM, text_encoder, *, chunk_size: int = 8, expression_batch: int = 4):
+    def __init__(self, model: RefSAM, text_encoder, *, chunk_size: int = 8, expression_batch: int = 4,
+                 dtype: str = "float32", devices: Optional[Sequence[jax.Device]] = None):
         if chunk_size < 1 or expression_batch < 1:
             raise ValueError(f"chunk_size and expression_batch must be >= 1, got {chunk_size}, {expression_batch}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if text_encoder.width != model.text_width:
             raise ValueError(f"the text encoder at {text_encoder.source} has width {text_encoder.width} but the "
                              f"model was built for text.width={model.text_width}")
         self.model = model
         self.text_encoder = text_encoder
-        self.chunk_size = int(chunk_size)
+        self.dtype = dtype
+        devices = list(devices or jax.local_devices())
+        self.chunk_size = -(-int(chunk_size) // len(devices)) * len(devices)
         self.expression_batch = int(expression_batch)
         self.image_size = int(model.sam.config.img_size)
+        mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+        self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self._split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+        self._expressions = self._split if self.expression_batch % len(devices) == 0 else self._replicated
         self._graphdef, state = nnx.split(model)
-        # One local device, one sharding (restored checkpoints come with the training mesh's) and no weak
-        # types, so every model of one architecture (untrained, trained, ...) shares the compiled programs.
-        self._state = jax.device_put(jax.tree.map(_local_copy, state), jax.local_devices()[0])
+        # One sharding (restored checkpoints come with the training mesh's) and no weak types, so every model
+        # of one architecture (untrained, trained, ...) shares the compiled programs.
+        state = cast_floating(jax.tree.map(_local_copy, state), DTYPES[dtype])
+        self._state = jax.device_put(state, self._replicated)
 
     def encode_text(self, sentences: Sequence[str]) -> List[ExpressionBatch]:
         """Cleans and encodes each sentence once, in batches of `expression_batch`."""
@@ -254,7 +280,7 @@ class VideoSegmenter:
             input_ids, attention_mask = self.text_encoder.tokenizer(padded)
             features, mask = encode_text(self.text_encoder, jnp.asarray(input_ids), jnp.asarray(attention_mask),
                                          text_attention_mask=self.model.text_attention_mask)
-            batches.append(ExpressionBatch(features, mask, len(group)))
+            batches.append(ExpressionBatch(*jax.device_put((features, mask), self._expressions), len(group)))
         return batches
 
     def _prepare_chunk(self, frames: Sequence[np.ndarray], first_index: int,
@@ -278,21 +304,27 @@ class VideoSegmenter:
         """Yields `(t, logits float32 [E, H0, W0])` for every frame t of `frames` (uint8 `[H0, W0, 3]`, all of one
         size), in order; E = len(sentences). Threshold the logits (e.g. `> DEFAULT_THRESHOLD`) for masks."""
         text = self.encode_text(sentences)
-        tracks = [self.model.initial_track_state(self.expression_batch) for _ in text]
-        original_size = None
+        tracks = [jax.device_put(self.model.initial_track_state(self.expression_batch), self._expressions)
+                  for _ in text]
+        original_size = matrices = None
         pending = None  # The previous chunk, dispatched but not yet fetched: reading overlaps computing.
         for first, chunk in _chunks(frames, self.chunk_size):
             batch, valid, content, original_size = self._prepare_chunk(chunk, first, original_size)
-            embedding, interm = _encode_jit(self._graphdef, self._state, batch, np.asarray(content, np.int32))
+            if matrices is None:
+                matrices = jax.device_put(postprocess_matrices(self.model.sam.config.mask_input_size, content,
+                                                               original_size, self.image_size),
+                                          self._replicated)
+            embedding, interm = jax.device_put(
+                _encode_jit(self._graphdef, self.dtype, self._state, jax.device_put(batch, self._split),
+                            np.asarray(content, np.int32)), self._replicated)
             outputs = []
             for g, expressions in enumerate(text):
                 low_res, tracks[g] = _decode_jit(self._graphdef, self._state, embedding, interm, valid,
                                                  expressions.features, expressions.mask, tracks[g])
-                outputs.append((postprocess_masks_jit(low_res, tuple(content), tuple(original_size), self.image_size),
-                                expressions.count))
+                outputs.append((apply_postprocess(low_res, *matrices), expressions.count))
             if pending is not None:
                 yield from _fetch(*pending)
-            pending = (first, len(chunk), outputs)
+            pending = (first, len(chunk), original_size, outputs)
         if pending is None:
             raise VideoInputError("the video has no frames")
         yield from _fetch(*pending)
@@ -321,9 +353,12 @@ def _chunks(frames: Iterable[np.ndarray], size: int) -> Iterator[Tuple[int, List
         yield first, chunk
 
 
-def _fetch(first: int, count: int, outputs: Sequence[Tuple[jax.Array, int]]) -> Iterator[Tuple[int, np.ndarray]]:
-    """Copies a chunk's logits to the host, dropping padded frames and expressions; yields them per frame."""
-    logits = np.concatenate([np.asarray(x)[:count, :real] for x, real in outputs], axis=1)  # [T, E, H0, W0]
+def _fetch(first: int, count: int, size: Tuple[int, int], outputs: Sequence[Tuple[jax.Array, int]]
+           ) -> Iterator[Tuple[int, np.ndarray]]:
+    """Copies a chunk's logits to the host, dropping padded frames, expressions and pixels (outside `size`);
+    yields them per frame."""
+    logits = np.concatenate([np.asarray(x)[:count, :real, :size[0], :size[1]] for x, real in outputs],
+                            axis=1)  # [T, E, H0, W0]
     for i in range(count):
         yield first + i, logits[i]
 

@@ -12,14 +12,16 @@ file the model was trained with, `--config.<key>=<value>` overrides allowed) or 
 Writes `<out>/<i>_<slug>/<frame>.png` (0/255 masks at the frame size, expression i) and
 `<out>/overlay.gif` (+ `overlay.mp4` when ffmpeg works): each expression in its colour, the sentences
 below the frame. Masks are `logit > --threshold` (default 0, i.e. sigmoid > 0.5; see inference.py).
+The video is decoded once: masks and overlay are written as the frames come out of the model.
 """
 
+import collections
 import importlib.resources
 import os
 import re
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import tqdm
@@ -27,7 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from refsam_jax import cli, inference, paths, visualize
-from refsam_jax.evaluation import read_mask_png, save_binary_mask_png
+from refsam_jax.evaluation import save_binary_mask_png
 from refsam_jax.segmenter import Segmenter, load
 
 
@@ -36,13 +38,15 @@ def define_flags() -> dict:
     return {
         "video": flags.DEFINE_string("video", None, "Folder of frames or a video file."),
         "text": flags.DEFINE_multi_string("text", None, "A referring expression; repeat for several."),
-        "checkpoint": flags.DEFINE_string("checkpoint", None, "Exported folder, training workdir or checkpoints folder."),
+        "checkpoint": flags.DEFINE_string("checkpoint", None,
+                                          "Exported folder, training workdir or checkpoints folder."),
         "config": config_flags.DEFINE_config_file("config", None,
                                                   "Training config file (default: <workdir>/config.json)."),
         "random_init": flags.DEFINE_bool("random-init", False, "Use an untrained model (smoke tests)."),
         "out": flags.DEFINE_string("out", None, "Output folder."),
         "threshold": flags.DEFINE_float("threshold", 0.0, "Mask = logit > threshold (official: 0.01 / 0.1)."),
         "chunk_size": flags.DEFINE_integer("chunk_size", 8, "Frames per model call."),
+        "dtype": flags.DEFINE_enum("dtype", "float32", sorted(inference.DTYPES), "Precision of the model."),
         "fps": flags.DEFINE_float("fps", None, "Overlay frame rate (default: the video's, or 10 for frames)."),
         "overlay": flags.DEFINE_bool("overlay", True, "Write overlay.gif / overlay.mp4."),
         "gif_max_side": flags.DEFINE_integer("gif_max_side", 480, "Longest side of the GIF's frames."),
@@ -63,49 +67,49 @@ def expression_dirs(out: str, sentences: Sequence[str]) -> List[str]:
     return [os.path.join(out, f"{i}_{slug(s)}") for i, s in enumerate(sentences)]
 
 
-def write_overlay(video, sentences: Sequence[str], mask_dirs: Sequence[str], stem: str, fps: float,
-                  gif_max_side: int):
-    """Reads the video and the saved masks again, frame by frame, and writes the captioned overlay.
-
-    Returns the `OverlayWriter` (its `paths` and `mp4_error`).
-    """
-    writer = visualize.OverlayWriter(stem, fps, gif_max_side=gif_max_side)
-    for name, frame in zip(video.names, video):
-        masks = np.stack([read_mask_png(os.path.join(d, f"{name}.png"), frame.shape[:2]) > 0 for d in mask_dirs])
-        writer.add(visualize.add_captions(visualize.overlay_masks(frame, masks), sentences))
-    writer.close()
-    return writer
+def _teed(frames: Iterable[np.ndarray], seen: collections.deque) -> Iterator[np.ndarray]:
+    """`frames`, each also appended to `seen` (the frames the model has read but not yet answered)."""
+    for frame in frames:
+        seen.append(frame)
+        yield frame
 
 
-def predict(video_path: str, sentences: Sequence[str], out: str, loaded, *, threshold: float = 0.0,
-            chunk_size: int = 8, expression_batch: Optional[int] = None, fps=None, overlay: bool = True,
-            gif_max_side: int = 480) -> dict:
-    """Runs `loaded` (an `inference.LoadedModel`) on the video and writes masks and overlay under `out`.
+def predict(video, sentences: Sequence[str], out: str, loaded, *, threshold: float = 0.0,
+            chunk_size: int = 8, expression_batch: Optional[int] = None, dtype: str = "float32", fps=None,
+            overlay: bool = True, gif_max_side: int = 480) -> dict:
+    """Runs `loaded` (an `inference.LoadedModel`) on the video (a path or an opened `inference.VideoFrames`)
+    and writes masks and overlay under `out`, reading the video once.
 
     `expression_batch`: expressions decoded together (default: all of them).
 
     Returns a summary: frames, seconds, frames/s, output paths, mean foreground fraction per expression.
     """
-    video = inference.open_video(video_path)
+    video = video if isinstance(video, inference.VideoFrames) else inference.open_video(video)
     seg = Segmenter(loaded, threshold=threshold, chunk_size=chunk_size,
-                    expression_batch=expression_batch or len(sentences))
+                    expression_batch=expression_batch or len(sentences), dtype=dtype)
     mask_dirs = expression_dirs(out, sentences)
+    writer = (visualize.OverlayWriter(os.path.join(out, "overlay"), fps or video.fps or 10.0,
+                                      gif_max_side=gif_max_side) if overlay else None)
     foreground = np.zeros(len(sentences))
+    frames: collections.deque = collections.deque()
     start = time.perf_counter()
     with tqdm.tqdm(total=len(video), unit="frame", desc="segmenting", file=sys.stderr) as progress:
-        for t, logits in seg.stream(video, sentences):
+        for t, logits in seg.stream(_teed(video, frames), sentences):
             masks = logits > seg.threshold
             for mask, folder in zip(masks, mask_dirs):
                 save_binary_mask_png(mask, os.path.join(folder, f"{video.names[t]}.png"))
+            frame = frames.popleft()
+            if writer is not None:
+                writer.add(visualize.add_captions(visualize.overlay_masks(frame, masks), sentences))
             foreground += masks.mean(axis=(1, 2))
             progress.update(1)
+    if writer is not None:
+        writer.close()
     seconds = time.perf_counter() - start
     summary = {"frames": len(video), "seconds": seconds, "frames_per_s": len(video) / seconds,
                "mask_dirs": mask_dirs, "foreground": (foreground / len(video)).tolist(), "overlay": [],
                "model": loaded.source}
-    if overlay:
-        writer = write_overlay(video, sentences, mask_dirs, os.path.join(out, "overlay"),
-                               fps or video.fps or 10.0, gif_max_side)
+    if writer is not None:
         summary["overlay"] = writer.paths
         if writer.mp4_error:
             summary["mp4_error"] = writer.mp4_error
@@ -125,14 +129,14 @@ def main(argv, flag_values: dict):
         problems.append("give exactly one of --checkpoint and --random-init")
     if problems:
         raise app.UsageError("; ".join(problems))
-    inference.open_video(value["video"])  # Fails on a bad video before any model is built.
+    video = inference.open_video(value["video"])  # Fails on a bad video before any model is built.
     if value["random_init"]:
         loaded = inference.load_model(value["config"] or inference.load_config_file(DEMO_CONFIG))
         print("WARNING: --random-init: the model is UNTRAINED; its masks are meaningless.", file=sys.stderr)
     else:
         loaded = load(value["checkpoint"], config=value["config"]).loaded
-    summary = predict(value["video"], sentences, value["out"], loaded, threshold=value["threshold"],
-                      chunk_size=value["chunk_size"], fps=value["fps"], overlay=value["overlay"],
+    summary = predict(video, sentences, value["out"], loaded, threshold=value["threshold"],
+                      chunk_size=value["chunk_size"], dtype=value["dtype"], fps=value["fps"], overlay=value["overlay"],
                       gif_max_side=value["gif_max_side"])
     print(f"model: {summary['model']}")
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s, compilation included "

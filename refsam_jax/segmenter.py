@@ -63,14 +63,17 @@ class Segmenter:
     """Segments the objects that sentences refer to in videos; see the module docstring.
 
     Masks are `logits > threshold` (default `inference.DEFAULT_THRESHOLD`, sigmoid > 0.5), at the frames' size.
+    `dtype` ("float32" or "bfloat16") is the precision of the model's weights and computation; `devices`
+    (default: every local device) share each chunk of frames (`inference.VideoSegmenter`). The predict and
+    evaluate commands, and the evaluation during training, all segment through this class.
     """
 
     def __init__(self, loaded: inference.LoadedModel, *, threshold: float = inference.DEFAULT_THRESHOLD,
-                 chunk_size: int = 8, expression_batch: int = 4):
+                 chunk_size: int = 8, expression_batch: int = 4, dtype: str = "float32", devices=None):
         self.loaded = loaded
         self.threshold = float(threshold)
         self.runner = inference.VideoSegmenter(loaded.model, loaded.text_encoder, chunk_size=chunk_size,
-                                               expression_batch=expression_batch)
+                                               expression_batch=expression_batch, dtype=dtype, devices=devices)
 
     def stream(self, video: Video, sentences: Sequence[str]) -> Iterator[Tuple[int, np.ndarray]]:
         """`(t, logits float32 [N, H, W])` frame by frame (constant memory in the video's length)."""
@@ -101,13 +104,14 @@ def _frames(video):
 
 
 def load(path: str, *, threshold: float = inference.DEFAULT_THRESHOLD, chunk_size: int = 8,
-         expression_batch: int = 4, config=None) -> Segmenter:
-    """A `Segmenter` for an exported folder or a training workdir (or its checkpoints folder; `config`: the
-    training config, when the workdir has no config.json)."""
+         expression_batch: int = 4, dtype: str = "float32", devices=None, config=None) -> Segmenter:
+    """A `Segmenter` (see its arguments) for an exported folder or a training workdir (or its checkpoints
+    folder; `config`: the training config, when the workdir has no config.json)."""
     path = paths.absolute(os.fspath(path))
     if is_export(path):
         loaded = load_exported(path)
     else:
         checkpoint_dir, workdir = inference.checkpoint_location(path)
         loaded = inference.load_model(inference.training_config(config, workdir), checkpoint_dir)
-    return Segmenter(loaded, threshold=threshold, chunk_size=chunk_size, expression_batch=expression_batch)
+    return Segmenter(loaded, threshold=threshold, chunk_size=chunk_size, expression_batch=expression_batch,
+                     dtype=dtype, devices=devices)

@@ -28,12 +28,13 @@ from refsam_jax import paths, processes
 from refsam_jax.data import default_data_config, make_train_loader, write_synthetic_data
 from refsam_jax.data.pipeline import builder_config
 from refsam_jax.evaluation.video import evaluate_ytvos_heldout
-from refsam_jax.inference import VideoSegmenter
+from refsam_jax.inference import LoadedModel
 from refsam_jax.model import groups
 from refsam_jax.model.config import default_model_config, validate_model_config
 from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text, sam_config_for
 from refsam_jax.param_rules import path_to_str
 from refsam_jax.sam.build import load_sam
+from refsam_jax.segmenter import Segmenter
 from refsam_jax.text import TextEncoder, TextTokenizer, load_text_encoder
 from refsam_jax.train import loop, losses
 from refsam_jax.train.optimizer import TrainableSplit
@@ -127,11 +128,12 @@ def evaluate_heldout(model: RefSAM, text_encoder: TextEncoder, config: ml_collec
                      ) -> Dict[str, float]:
     """J, F and J&F over the expressions of `config.eval.split` of the run's Ref-YouTube-VOS (local protocol):
     the inference engine in chunks of `config.data.num_frames` frames, masks = logits > `config.eval.threshold`."""
-    segmenter = VideoSegmenter(model, text_encoder, chunk_size=config.data.num_frames, expression_batch=1)
+    loaded = LoadedModel(model, text_encoder, config, step=-1, source="the model in training")
+    segmenter = Segmenter(loaded, threshold=config.eval.threshold, chunk_size=config.data.num_frames,
+                          expression_batch=1, devices=jax.local_devices()[:1])  # Each process: its videos.
     result = evaluate_ytvos_heldout(segmenter, config.data.data_dir, split=config.eval.split,
                                     builder_config=builder_config("ref_youtube_vos", config.data),
-                                    threshold=config.eval.threshold, max_expressions=config.eval.max_expressions,
-                                    progress=False).summary()
+                                    max_expressions=config.eval.max_expressions, progress=False).summary()
     return {"J": result["J"], "F": result["F"], "J&F": result["JF"], "expressions": float(result["num_expressions"])}
 
 

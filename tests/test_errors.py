@@ -75,7 +75,9 @@ def test_ytvos_valid_video_count_is_checked_before_inference(tmp_path):
                                     num_valid_videos=2)
 
     class NeverCalled:
-        def segment(self, frames, sentences):
+        threshold = 0.0
+
+        def stream(self, frames, sentences):
             raise AssertionError("inference ran before the check")
 
     with pytest.raises(EvaluationInputError, match="gives 2 videos, expected 202"):

@@ -3,6 +3,8 @@ reading and model loading errors. Tiny SAM (64 px) and a tiny random BERT text e
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,7 @@ from refsam_jax.evaluation import video as video_eval
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.refsam import build_refsam, encode_text
 from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD, postprocess_masks, resize_longest_side
+from refsam_jax.segmenter import Segmenter
 from refsam_jax.text import TextEncoder, TextTokenizer, build_text_encoder, clean_caption
 
 TEXT_WIDTH, TEXT_LENGTH = 32, 12
@@ -113,8 +116,65 @@ def test_no_recompilation_for_other_video_lengths(segmenter):
     run(segmenter, random_video(11, seed=1), SENTENCES[:1])
     run(segmenter, random_video(2, seed=2), SENTENCES)
     assert inference.compiled_programs() == compiled
-    run(segmenter, random_video(3, height=30, width=40), SENTENCES[:1])  # Another frame size: only the resize.
+    run(segmenter, random_video(3, height=30, width=40), SENTENCES[:1])  # Another padded size: only the resize.
     assert inference.compiled_programs() == compiled + 1
+    run(segmenter, random_video(3, height=57, width=90), SENTENCES[:1])  # Pads to 64 x 96, as 48 x 80 does.
+    assert inference.compiled_programs() == compiled + 1
+
+
+def test_bfloat16_masks_agree_with_float32(model, text_encoder, segmenter):
+    frames = random_video(5)
+    full = run(segmenter, frames, SENTENCES) > 0
+    half = run(inference.VideoSegmenter(model, text_encoder, chunk_size=3, expression_batch=2, dtype="bfloat16"),
+               frames, SENTENCES) > 0
+    iou = (full & half).sum() / (full | half).sum()
+    assert iou > 0.95, iou  # Measured: 0.996
+
+
+MULTI_DEVICE_SCRIPT = """
+import jax, numpy as np
+from flax import nnx
+from refsam_jax import inference
+from refsam_jax.configs.demo import MINILM
+from refsam_jax.model.config import default_model_config
+from refsam_jax.model.refsam import build_refsam
+from refsam_jax.text import TextEncoder, TextTokenizer, build_text_encoder
+
+hf = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+      "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64, "type_vocab_size": 2,
+      "pad_token_id": 0, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
+text = TextEncoder(build_text_encoder(hf, nnx.Rngs(0)), hf, TextTokenizer(MINILM, 12), "tiny-bert")
+config = default_model_config()
+config.sam.model_type, config.text.width, config.text.max_length = "tiny", 32, 12
+model = build_refsam(config, seed=0)
+rng = np.random.default_rng(1)
+nnx.update(model, jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(x.dtype),
+                               nnx.state(model, nnx.Param)))
+frames = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(11)]
+sentences = ["a red circle", "the square on the left", "a small blue triangle", "it", "the big one"]
+
+def logits(devices, expression_batch):
+    runner = inference.VideoSegmenter(model, text, chunk_size=3, expression_batch=expression_batch, devices=devices)
+    return runner.chunk_size, np.stack([x for _, x in runner.segment(frames, sentences)])
+
+chunk_one, one = logits(jax.devices()[:1], 4)
+for expression_batch in (4, 3):  # expressions split over the devices, then replicated
+    chunk_all, every = logits(None, expression_batch)
+    print(len(jax.devices()), chunk_one, chunk_all, float(np.abs(every - one).max()))
+"""
+
+
+def test_all_local_devices_give_the_one_device_logits():
+    """4 simulated CPU devices: frames split for the encoder, expressions for the decoder; the logits of one
+    device (measured: 4e-7 apart)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in result.stdout.split("\n")[-3:-1]:
+        devices, chunk_one, chunk_all, difference = line.split()
+        assert (int(devices), int(chunk_one), int(chunk_all)) == (4, 3, 4)
+        assert float(difference) < 1e-4, line
 
 
 def test_models_of_one_architecture_share_the_programs(segmenter, text_encoder):
@@ -213,11 +273,13 @@ class Oracle:
     """Segments with the ground truth (logit +10 inside an expression's mask, -10 outside); `wrong` sentences
     get the mask shifted down by a few pixels."""
 
+    threshold = 0.0
+
     def __init__(self, items, wrong=()):
         self.masks = {(frames_key(item.frames), item.sentence): item.masks for item in items}
         self.wrong = set(wrong)
 
-    def segment(self, frames, sentences):
+    def stream(self, frames, sentences):
         key = frames_key(frames)
         for t in range(len(frames)):
             masks = [np.roll(self.masks[key, s][t], 6, axis=0) if s in self.wrong else self.masks[key, s][t]
@@ -279,8 +341,9 @@ def test_ytvos_valid_submission_zip(ytvos, segmenter, tmp_path):
     from refsam_jax.evaluation.ref_ytvos import check_submission_zip
 
     root, _ = ytvos
-    report = video_eval.predict_ytvos_valid(segmenter, str(root / "tfds"), str(root / "raw"), str(tmp_path),
-                                          expected_num_videos=None)
+    loaded = inference.LoadedModel(segmenter.model, segmenter.text_encoder, None, 0, "test")
+    report = video_eval.predict_ytvos_valid(Segmenter(loaded, chunk_size=3, expression_batch=2), str(root / "tfds"),
+                                            str(root / "raw"), str(tmp_path), expected_num_videos=None)
     meta = root / "raw" / "meta_expressions"
     checked = check_submission_zip(str(tmp_path / "submission.zip"), str(meta / "valid" / "meta_expressions.json"),
                                    str(meta / "test" / "meta_expressions.json"),

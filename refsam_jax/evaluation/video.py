@@ -1,8 +1,9 @@
 """Scorers that run a video segmenter over a dataset split: Ref-YouTube-VOS held-out J&F, Ref-DAVIS17 J&F, and
 the Ref-YouTube-VOS valid submission.
 
-A segmenter is anything with `segment(frames, sentences)` yielding `(t, logits [E, H, W])` per frame
-(`refsam_jax.inference.VideoSegmenter`); masks are `logits > threshold`. Nothing here knows the model.
+A segmenter is anything with `stream(frames, sentences)` yielding `(t, logits [E, H, W])` per frame and a
+`threshold` (`refsam_jax.segmenter.Segmenter`); masks are `logits > segmenter.threshold`. Nothing here knows
+the model.
 
 In a multi-process run every process calls the scorer: each segments its share of the videos (every
 process_count()-th), and the scores are gathered, in the order of a one-process run, so every process
@@ -56,8 +57,8 @@ def _my_videos(name: str, data_dir: str, split: str, desc: str, *, manual_dir=No
 
 
 def evaluate_ytvos_heldout(segmenter, data_dir: str, out_dir: Optional[str] = None, *, split: str = "heldout",
-                           manual_dir: Optional[str] = None, builder_config=None, threshold: float = 0.0,
-                           max_videos: int = 0, max_expressions: int = 0, progress: bool = True) -> YtvosResult:
+                           manual_dir: Optional[str] = None, builder_config=None, max_videos: int = 0,
+                           max_expressions: int = 0, progress: bool = True) -> YtvosResult:
     """J, F, J&F of `segmenter` on the Ref-YouTube-VOS `split` (with ground truth); with `out_dir`, writes the
     0/255 masks to `<out_dir>/<video>/<exp_id>/<frame>.png`. `manual_dir`: the raw data, to build the dataset
     if it is not built yet; `builder_config`: a non-default held-out split (`data.pipeline.builder_config`);
@@ -70,9 +71,9 @@ def evaluate_ytvos_heldout(segmenter, data_dir: str, out_dir: Optional[str] = No
         first = expressions[0]
         j = np.zeros((len(expressions), len(first.frame_names)))
         f = np.zeros_like(j)
-        for t, logits in segmenter.segment(first.frames, [e.sentence for e in expressions]):
+        for t, logits in segmenter.stream(first.frames, [e.sentence for e in expressions]):
             for e, item in enumerate(expressions):
-                prediction = logits[e] > threshold
+                prediction = logits[e] > segmenter.threshold
                 if out_dir is not None:
                     save_binary_mask_png(prediction, os.path.join(out_dir, video, item.expression_id,
                                                                   f"{item.frame_names[t]}.png"))
@@ -92,8 +93,7 @@ def davis_expression_set(item) -> int:
     return 2 * item.annotator + (item.kind == "full_video")
 
 
-def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, threshold: float = 0.0,
-                   max_videos: int = 0):
+def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, max_videos: int = 0):
     """Ref-DAVIS17 valid: index PNGs `<out_dir>/<set>/<video>/<frame>.png`, scored against
     `<manual_dir>/DAVIS` with the official protocol. Returns an `evaluation.ref_davis.RefDavisResult`."""
     videos = []
@@ -102,7 +102,7 @@ def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, t
         videos.append(video)
         object_ids = sorted({item.obj_id for item in expressions})
         first = expressions[0]
-        for t, logits in segmenter.segment(first.frames, [e.sentence for e in expressions]):
+        for t, logits in segmenter.stream(first.frames, [e.sentence for e in expressions]):
             for expression_set in ANNOTATORS:
                 # Object k of the video (in obj_id order) gets id k + 1. The background scores the threshold, so
                 # a pixel goes to the object of highest logit if that logit > threshold (RefSAM: 0.1).
@@ -110,7 +110,7 @@ def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, t
                           if davis_expression_set(item) == expression_set}
                 if scores:
                     write_davis_prediction(out_dir, expression_set, video, first.frame_names[t], scores,
-                                           background=threshold, zero_below=-np.inf)
+                                           background=segmenter.threshold, zero_below=-np.inf)
     mine = score_ref_davis(out_dir, os.path.join(manual_dir, "DAVIS"), videos)
     result = RefDavisResult.merge([RefDavisResult.from_json(part)
                                    for part in processes.allgather("davis scores", mine.to_json())])
@@ -120,7 +120,7 @@ def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, t
 
 
 def predict_ytvos_valid(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, builder_config=None,
-                        threshold: float = 0.0, expected_num_videos: Optional[int] = 202):
+                        expected_num_videos: Optional[int] = 202):
     """Ref-YouTube-VOS valid: masks `<out_dir>/predictions/<video>/<exp_id>/<frame>.png` for every expression
     and frame, checked and zipped into `<out_dir>/submission.zip` (the dataset is built from `manual_dir`
     if it is not built yet). The video count is checked before any inference. Returns the `SubmissionReport`."""
@@ -132,10 +132,10 @@ def predict_ytvos_valid(segmenter, data_dir: str, manual_dir: str, out_dir: str,
     for video, expressions in _my_videos("ref_youtube_vos", data_dir, "valid", "valid", manual_dir=manual_dir,
                                          builder_config=builder_config):
         first = expressions[0]
-        for t, logits in segmenter.segment(first.frames, [e.sentence for e in expressions]):
+        for t, logits in segmenter.stream(first.frames, [e.sentence for e in expressions]):
             for e, item in enumerate(expressions):
                 path = os.path.join(predictions, video, item.expression_id, f"{first.frame_names[t]}.png")
-                save_binary_mask_png(logits[e] > threshold, path)
+                save_binary_mask_png(logits[e] > segmenter.threshold, path)
     processes.barrier("valid predictions written", timeout_s=24 * 3600)
     report = None
     if jax.process_index() == 0:

@@ -2,7 +2,8 @@
 
 Same interface and outputs as `segment_anything.SamPredictor` (numpy in, numpy out, original-image pixel
 coordinates); the model runs in two compiled functions, the image encoder and prompt encoder + mask decoder,
-kept across calls so repeated prompts of the same shapes do not recompile.
+kept across calls so repeated prompts of the same shapes do not recompile; the upsampling to the image's
+size is compiled once per padded size (`transforms.padded_size`), not once per image size.
 """
 
 from typing import Optional, Tuple
@@ -34,7 +35,6 @@ def _decode(graphdef, state, embedding, points, boxes, masks, multimask_output: 
 
 _encode_jit = jax.jit(_encode, static_argnums=0)
 _decode_jit = jax.jit(_decode, static_argnums=(0, 6))
-# Low-res logits -> original image size; compiled once per (input size, original size).
 
 
 def _numeric_array(value, name: str, shapes: str, ndims: Tuple[int, ...]) -> np.ndarray:
@@ -124,7 +124,7 @@ class SamPredictor:
             masks = jnp.asarray(mask_input, jnp.float32)[..., None]
         low_res, iou = _decode_jit(self._graphdef, self._state, self.features, points, boxes, masks,
                                    bool(multimask_output))
-        upsampled = transforms.postprocess_masks_jit(low_res, self.input_size, self.original_size, self.config.img_size)
+        upsampled = transforms.postprocess_masks(low_res, self.input_size, self.original_size, self.config.img_size)
         masks_out = np.asarray(upsampled[0])
         if not return_logits:
             masks_out = masks_out > MASK_THRESHOLD
@@ -161,8 +161,7 @@ class SamPredictor:
         masks = None if mask_input is None else jnp.asarray(mask_input, jnp.float32).transpose(0, 2, 3, 1)
         low_res, iou = _decode_jit(self._graphdef, self._state, self.features, points, boxes, masks,
                                    bool(multimask_output))
-        upsampled = transforms.postprocess_masks_jit(low_res, self.input_size, self.original_size,
-                                                     self.config.img_size)
+        upsampled = transforms.postprocess_masks(low_res, self.input_size, self.original_size, self.config.img_size)
         return (upsampled if return_logits else upsampled > MASK_THRESHOLD), iou, low_res
 
     def _points(self, point_coords, point_labels):

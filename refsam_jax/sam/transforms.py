@@ -89,19 +89,55 @@ def normalize_and_pad(image, img_size: int):
     return np.pad(image, pad) if isinstance(image, np.ndarray) else jnp.pad(image, pad)
 
 
-def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
-    """Bilinear resize of the last two axes, like `F.interpolate(bilinear, align_corners=False)`."""
-    return jax.image.resize(x, x.shape[:-2] + tuple(size), method="bilinear", antialias=False)
+def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """`[out, in]` weights of a 1-D bilinear resize as `F.interpolate(bilinear, align_corners=False)` (half-pixel
+    centres, source index clamped at 0, no antialiasing; positions in float32, as PyTorch computes them)."""
+    half = np.float32(0.5)
+    source = np.maximum((np.arange(out_size, dtype=np.float32) + half) * np.float32(in_size / out_size) - half, 0)
+    low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    weight = (source - low).astype(np.float64)
+    matrix = np.zeros((out_size, in_size))
+    np.add.at(matrix, (np.arange(out_size), low), 1.0 - weight)
+    np.add.at(matrix, (np.arange(out_size), high), weight)
+    return matrix
+
+
+def padded_size(n: int) -> int:
+    """The smallest of 64 x {1, 1.5, 2, 3, 4, 6, ...} that is >= n: the sizes post-processing compiles for."""
+    size = 64
+    while size < n:
+        size = size * 3 // 2 if (size & (size - 1)) == 0 else size * 4 // 3
+    return size
+
+
+def postprocess_matrices(low_res_size: int, input_size: Sequence[int], original_size: Sequence[int],
+                         img_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """SAM's mask post-processing (upsample `[l, l]` to the padded input `[S, S]`, crop `input_size`, resize to
+    `original_size`) as one linear map per axis: float32 `[Hp, l]`, `[Wp, l]`, zero rows past H0 / W0
+    (Hp, Wp = `padded_size` of H0, W0)."""
+    matrices = []
+    for content, original in zip(input_size, original_size):
+        up = bilinear_matrix(img_size, low_res_size)[:content]
+        matrix = np.zeros((padded_size(original), low_res_size), np.float32)
+        matrix[:original] = bilinear_matrix(original, content) @ up
+        matrices.append(matrix)
+    return matrices[0], matrices[1]
+
+
+@jax.jit
+def apply_postprocess(masks: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+    """Low-res logits `[..., l, l]` and `postprocess_matrices` -> float32 `[..., Hp, Wp]`; compiled once per
+    padded size, so a new image size rarely compiles anything."""
+    highest = jax.lax.Precision.HIGHEST
+    masks = jnp.einsum("...ij,wj->...iw", masks.astype(jnp.float32), cols, precision=highest)
+    return jnp.einsum("hi,...iw->...hw", rows, masks, precision=highest)
 
 
 def postprocess_masks(
     masks: jax.Array, input_size: Sequence[int], original_size: Sequence[int], img_size: int
 ) -> jax.Array:
-    """Low-res mask logits `[..., h, w]` -> `[..., H0, W0]`: upsample to the padded input, crop, resize."""
-    masks = resize_bilinear(masks, (img_size, img_size))
-    masks = masks[..., : input_size[0], : input_size[1]]
-    return resize_bilinear(masks, original_size)
-
-
-# `postprocess_masks` compiled once per (input size, original size, model size), shared by every caller.
-postprocess_masks_jit = jax.jit(postprocess_masks, static_argnums=(1, 2, 3))
+    """Low-res mask logits `[..., l, l]` -> float32 `[..., H0, W0]`: upsample to the padded input, crop, resize
+    (`apply_postprocess` then the crop to `original_size`)."""
+    rows, cols = postprocess_matrices(masks.shape[-1], input_size, original_size, img_size)
+    return apply_postprocess(masks, rows, cols)[..., : original_size[0], : original_size[1]]
