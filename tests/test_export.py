@@ -71,5 +71,9 @@ def test_bfloat16_export_agrees_with_float32(trained, tmp_path):
     agreement = np.mean((full > 0) == (half > 0))
     print(f"bf16 vs fp32 export: pixel agreement {agreement:.5f}, max |logit diff| {np.abs(full - half).max():.4f}")
     assert agreement > 0.99
+    computed = refsam_jax.load(str(trained / "run"), dtype="bfloat16").segment(str(trained / "video"), SENTENCES)
+    iou = ((full > 0) & computed).sum() / max(((full > 0) | computed).sum(), 1)
+    print(f"bf16 computation vs fp32: mask IoU {iou:.4f}")
+    assert iou > 0.9
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         export(str(trained / "run"), str(tmp_path / "bf16"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from refsam_jax.sam import predictor as predictor_lib
-from refsam_jax.sam import tiny_config
+from refsam_jax.sam import tiny_config, transforms
 from refsam_jax.sam.params import sam_from_state_dict
 from refsam_jax.sam.predictor import SamPredictor
 from refsam_jax.sam.torch_reference import import_segment_anything
@@ -98,6 +98,23 @@ def test_bgr_input_and_no_recompilation(predictors):
     ours.predict(point_coords=np.array([[30.0, 2.0]]), point_labels=np.array([0]))
     assert predictor_lib._encode_jit._cache_size() == encodes
     assert predictor_lib._decode_jit._cache_size() == decodes
+
+
+def test_other_image_sizes_compile_no_new_program(predictors):
+    """Images are padded to the model size and masks upsampled per padded size (`transforms.padded_size`)."""
+    ours, _ = predictors
+    prompt = dict(point_coords=np.array([[10.0, 12.0]]), point_labels=np.array([1]))
+    ours.set_image(_image((100, 140), seed=3))
+    masks, _, _ = ours.predict(**prompt)
+    assert masks.shape == (3, 100, 140)
+    compiled = (predictor_lib._encode_jit._cache_size(), predictor_lib._decode_jit._cache_size(),
+                transforms.apply_postprocess._cache_size())
+    for size in ((97, 129), (128, 190), (110, 150)):  # Padded to 128 x 192, as 100 x 140 is.
+        ours.set_image(_image(size, seed=4))
+        masks, _, _ = ours.predict(**prompt)
+        assert masks.shape == (3, *size)
+    assert (predictor_lib._encode_jit._cache_size(), predictor_lib._decode_jit._cache_size(),
+            transforms.apply_postprocess._cache_size()) == compiled
 
 
 def test_bad_images(predictors):
