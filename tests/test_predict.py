@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 from flax import nnx
@@ -62,7 +63,6 @@ def test_writer_makes_a_gif_and_an_mp4(tmp_path):
     assert writer.paths == [f"{stem}.gif", f"{stem}.mp4"]
     with Image.open(f"{stem}.gif") as gif:
         assert gif.n_frames == 5 and max(gif.size) == 40
-    import imageio.v2 as imageio
     reader = imageio.get_reader(f"{stem}.mp4", format="ffmpeg")
     assert reader.count_frames() == 5
     reader.close()
@@ -122,6 +122,19 @@ def test_predict_writes_masks_per_expression_and_an_overlay(tmp_path, loaded):
         assert gif.n_frames == 5 and gif.size[0] == 52 and gif.size[1] > 36  # The caption band.
 
 
+def test_predict_decodes_an_mp4_once(tmp_path, loaded, monkeypatch):
+    frames = np.random.default_rng(1).integers(0, 256, (7, 32, 48, 3), dtype=np.uint8)
+    imageio.mimwrite(tmp_path / "clip.mp4", list(frames), fps=5, macro_block_size=1)
+    decoded = []
+    read = inference.VideoFrames.__iter__
+    monkeypatch.setattr(inference.VideoFrames, "__iter__", lambda self: decoded.append(1) or read(self))
+    summary = predict.predict(str(tmp_path / "clip.mp4"), ["a circle", "the square"], str(tmp_path / "out"), loaded,
+                              chunk_size=3)
+    assert len(decoded) == 1 and summary["frames"] == 7
+    with Image.open(tmp_path / "out" / "overlay.gif") as gif:
+        assert gif.n_frames == 7
+
+
 def test_predict_masks_follow_the_threshold(tmp_path, loaded):
     write_frames(tmp_path / "video", 2)
     summary = predict.predict(str(tmp_path / "video"), ["a circle"], str(tmp_path / "out"), loaded,
@@ -150,7 +163,6 @@ def test_cli_errors_name_the_problem(tmp_path):
 
 def test_cli_random_init_smoke_run(tmp_path):
     """The untrained demo model end to end through the command line, on an .mp4."""
-    import imageio.v2 as imageio
 
     frames = [np.full((40, 64, 3), 30 * t, np.uint8) for t in range(3)]
     imageio.mimwrite(tmp_path / "clip.mp4", frames, fps=5, macro_block_size=1)
