@@ -8,7 +8,6 @@ Prints both medians (wall and process CPU time), the ratios ours / torch and our
 """
 
 import argparse
-import functools
 import os
 import statistics
 import time
@@ -16,12 +15,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 from flax import nnx
 
 from refsam_jax.sam.config import SAM_CONFIGS, SamConfig
 from refsam_jax.sam.image_encoder import ImageEncoderViT
-from refsam_jax.sam.torch_reference import import_segment_anything
+from refsam_jax.sam.params import build_torch_sam
 
 
 def _timed(fn, repeats: int):
@@ -52,23 +50,25 @@ def bench_ours(config: SamConfig, image: np.ndarray, repeats: int, dtype):
     return compile_s, _timed(lambda: compiled(state, x).block_until_ready(), repeats)
 
 
-def bench_torch(config: SamConfig, image: np.ndarray, repeats: int):
-    """Run seconds per repeat of segment_anything's encoder (after one warm-up run)."""
-    import_segment_anything()
-    from segment_anything.modeling import ImageEncoderViT as TorchImageEncoderViT
+def bench_torch(config: SamConfig, image: np.ndarray, repeats: int, device: str = "cpu", dtype: str = "float32"):
+    """Run seconds per repeat of segment_anything's encoder on `device` ("cpu" or "cuda"), after one warm-up
+    run: float32, or under torch.autocast to bfloat16. torch is imported here, so that this module imports
+    without it."""
+    import torch
 
     torch.manual_seed(0)
-    encoder = TorchImageEncoderViT(
-        depth=config.encoder_depth, embed_dim=config.encoder_embed_dim, img_size=config.img_size,
-        mlp_ratio=config.mlp_ratio, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-        num_heads=config.encoder_num_heads, patch_size=config.patch_size, qkv_bias=True, use_rel_pos=True,
-        global_attn_indexes=config.encoder_global_attn_indexes, window_size=config.window_size,
-        out_chans=config.prompt_embed_dim,
-    ).eval()
-    x = torch.from_numpy(image.transpose(0, 3, 1, 2).copy())
-    with torch.no_grad():
-        encoder(x)  # warm-up
-        return _timed(lambda: encoder(x), repeats)
+    with torch.device(device):
+        encoder = build_torch_sam(config).image_encoder
+    x = torch.from_numpy(image.transpose(0, 3, 1, 2).copy()).to(device)
+
+    def run():
+        encoder(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16"):
+        run()  # warm-up
+        return _timed(run, repeats)
 
 
 def main(argv=None) -> None:
@@ -82,6 +82,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    import torch
 
     config = SAM_CONFIGS[args.model_type]
     torch.set_num_threads(args.threads)
