@@ -236,7 +236,7 @@ def train_step(sam: SamConfig, config: ml_collections.ConfigDict, dtype: str, ba
                repeats: int, peak_flops: float | None) -> Line:
     """Seconds per jitted training step, its FLOPs and MFU (see the module docstring)."""
     compute_dtype = jnp.dtype(dtype)
-    model = build_refsam(config, sam=build_sam(config=sam, seed=0), seed=0)
+    model = build_refsam(config, sam=build_sam(config=sam, seed=0, dtype=compute_dtype), seed=0)  # as training
     split = optimizer_lib.split_trainable(model, groups.trainable_rules(config))
     del model
     optimizer, _ = optimizer_lib.make_optimizer(optim_config(), split.labels, total_steps=1)

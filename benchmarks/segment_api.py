@@ -4,7 +4,7 @@
 
 The model is a trained run or export (`--workdir`) or, without one, the demo config's model as training
 initialises it (same cost). Each figure is the best of `--repeats` calls after a warm-up call (compilation
-excluded), in float32 and bfloat16, with the mask IoU of bfloat16 against float32 on the same video. A flat
+excluded), with SAM's image encoder in float32 and in bfloat16, with the mask IoU of bfloat16 against float32 on the same video. A flat
 per-frame time from 8 to 64 frames shows the chunked inference costs the same per frame however long the
 video; N expressions against 1 shows what the shared image encoder saves. Prints one table and, with `--json`,
 writes the rows.
@@ -19,14 +19,15 @@ import numpy as np
 
 from refsam_jax import inference
 from refsam_jax.segmenter import Segmenter, load
+from refsam_jax.trees import DTYPES
 
 SENTENCES = ["a red circle", "the blue square on the left", "a small green triangle", "the big yellow star",
              "the shape moving right", "the one at the bottom", "a purple circle", "the square"]
 
 
-def demo_model() -> inference.LoadedModel:
+def demo_model(dtype: str) -> inference.LoadedModel:
     config = inference.load_config_file(str(importlib.resources.files("refsam_jax.configs") / "demo.py"))
-    return inference.load_model(config)
+    return inference.load_model(config, dtype=dtype)
 
 
 def time_segment(segmenter: Segmenter, video: np.ndarray, sentences, repeats: int):
@@ -51,13 +52,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="", help="also write the rows to this file")
     args = parser.parse_args(argv)
 
-    loaded = load(args.workdir).loaded if args.workdir else demo_model()
+    models = {dtype: load(args.workdir, dtype=dtype).loaded if args.workdir else demo_model(dtype)
+              for dtype in DTYPES}
     rng = np.random.default_rng(0)
     rows = []
     for expressions in args.expressions:
         sentences = [SENTENCES[i % len(SENTENCES)] for i in range(expressions)]
-        segmenters = {dtype: Segmenter(loaded, chunk_size=args.chunk, expression_batch=expressions, dtype=dtype)
-                      for dtype in inference.DTYPES}
+        segmenters = {dtype: Segmenter(loaded, chunk_size=args.chunk, expression_batch=expressions)
+                      for dtype, loaded in models.items()}
         for frames in args.frames:
             video = rng.integers(0, 256, (frames, *args.size, 3), dtype=np.uint8)
             timed = {dtype: time_segment(seg, video, sentences, args.repeats) for dtype, seg in segmenters.items()}
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
                 rows.append({"expressions": expressions, "frames": frames, "dtype": dtype, "seconds": seconds,
                              "frames_per_s": frames / seconds, "ms_per_frame": 1e3 * seconds / frames,
                              "bf16_mask_iou": iou})
-    print(f"model: {loaded.source}; frames {args.size[0]}x{args.size[1]}, chunks of {args.chunk}")
+    print(f"model: {models['float32'].source}; frames {args.size[0]}x{args.size[1]}, chunks of {args.chunk}")
     print(f"{'expressions':>11} {'frames':>6} {'dtype':>9} {'frames/s':>9} {'ms/frame':>9} {'bf16 IoU':>9}")
     for row in rows:
         print(f"{row['expressions']:>11} {row['frames']:>6} {row['dtype']:>9} {row['frames_per_s']:>9.1f} "

@@ -31,6 +31,7 @@ import time
 from typing import Dict, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -39,6 +40,7 @@ from refsam_jax.data import write_synthetic_data
 from refsam_jax.data.pipeline import builder_config
 from refsam_jax.evaluation.video import evaluate_davis, evaluate_ytvos_heldout, predict_ytvos_valid
 from refsam_jax.segmenter import Segmenter
+from refsam_jax.trees import DTYPES
 
 DATASETS = ("ytvos_heldout", "davis", "ytvos_valid")
 
@@ -57,7 +59,7 @@ def define_flags() -> dict:
         "threshold": flags.DEFINE_float("threshold", 0.0, "Mask = logit > threshold (official: 0.01 / 0.1)."),
         "chunk_size": flags.DEFINE_integer("chunk_size", 8, "Frames per model call."),
         "expression_batch": flags.DEFINE_integer("expression_batch", 4, "Expressions decoded together."),
-        "dtype": flags.DEFINE_enum("dtype", "float32", sorted(inference.DTYPES), "Precision of the model."),
+        "dtype": flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype of SAM's image encoder."),
         "max_videos": flags.DEFINE_integer("max_videos", 0, "Evaluate only the first N videos (0: all)."),
         "valid_videos": flags.DEFINE_integer(
             "valid_videos", 202, "ytvos_valid: videos the valid-minus-test split must have (the competition's "
@@ -76,7 +78,7 @@ def data_locations(config, workdir: str, data_dir: Optional[str], manual_dir: Op
 
 def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, *,
              data_dir: Optional[str] = None, manual_dir: Optional[str] = None, threshold: float = 0.0,
-             chunk_size: int = 8, expression_batch: int = 4, dtype: str = "float32", max_videos: int = 0,
+             chunk_size: int = 8, expression_batch: int = 4, max_videos: int = 0,
              valid_videos: int = 202) -> Dict[str, object]:
     """Runs one evaluation of `loaded` (an `inference.LoadedModel`); writes its outputs and returns a summary."""
     if dataset not in DATASETS:
@@ -95,10 +97,11 @@ def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, 
     os.makedirs(out_dir, exist_ok=True)
     # Each process segments its share of the videos on its first device (evaluation.video).
     segmenter = Segmenter(loaded, threshold=threshold, chunk_size=chunk_size, expression_batch=expression_batch,
-                          dtype=dtype, devices=jax.local_devices()[:1] if jax.process_count() > 1 else None)
+                          devices=jax.local_devices()[:1] if jax.process_count() > 1 else None)
     start = time.perf_counter()
     summary: Dict[str, object] = {"dataset": dataset, "model": loaded.source, "step": loaded.step,
-                                  "threshold": threshold, "dtype": dtype, "out": out_dir}
+                                  "threshold": threshold, "out": out_dir,
+                                  "dtype": jnp.dtype(loaded.model.sam.image_encoder.dtype).name}
     if dataset == "ytvos_heldout":
         result = evaluate_ytvos_heldout(segmenter, data_dir, os.path.join(out_dir, "predictions"),
                                         manual_dir=manual_dir or None, builder_config=ytvos_config,
@@ -147,11 +150,11 @@ def main(argv, flag_values: dict):
         raise app.UsageError("--workdir is required")
     checkpoint_dir, workdir = inference.checkpoint_location(value["workdir"])
     config = inference.training_config(value["config"], workdir)
-    loaded = inference.load_model(config, None if value["untrained"] else checkpoint_dir)
+    loaded = inference.load_model(config, None if value["untrained"] else checkpoint_dir, dtype=value["dtype"])
     summary = evaluate(loaded, value["dataset"], workdir or value["workdir"], value["out"],
                        data_dir=value["data_dir"], manual_dir=value["manual_dir"], threshold=value["threshold"],
                        chunk_size=value["chunk_size"], expression_batch=value["expression_batch"],
-                       dtype=value["dtype"], max_videos=value["max_videos"], valid_videos=value["valid_videos"])
+                       max_videos=value["max_videos"], valid_videos=value["valid_videos"])
     if jax.process_index() == 0:
         print(format_summary(summary))
         print(f"outputs: {summary['out']}")

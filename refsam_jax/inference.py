@@ -19,8 +19,9 @@ Protocol (REFSAM_SPEC.md §6.1, with the fixes of §9.5 and §9.11):
   `expression_batch` (the last batch padded by repeating an expression).
 - Low-res logits `[4g, 4g]` are upsampled as SAM does (`postprocess_masks`: bilinear to S, crop the
   content, bilinear to the original size), as one linear map per axis.
-- Precision: `dtype="bfloat16"` casts the weights and runs the model in bfloat16 (the post-processing and
-  the returned logits stay float32). Devices: all local ones by default (`VideoSegmenter`).
+- Precision: the model's own (`load_model(..., dtype="bfloat16")` builds SAM's image encoder with bfloat16
+  matmuls, the bulk of the work; weights, the rest of the model and the logits stay float32).
+  Devices: all local ones by default (`VideoSegmenter`).
 - Binarisation: `logit > DEFAULT_THRESHOLD` = 0.0, i.e. sigmoid > 0.5, the threshold the training loss
   implies. The official Ref-YouTube-VOS script uses logit > 0.01 and the Ref-DAVIS script effectively
   logit > 0.1 (spec §9.12); both are reachable through `threshold` arguments.
@@ -53,11 +54,11 @@ from refsam_jax.sam.transforms import (
     resize_longest_side,
 )
 from refsam_jax.text import clean_caption, load_text_encoder
-from refsam_jax.trees import cast_floating
+from refsam_jax.trees import named_dtype
 from refsam_jax.visualize import ffmpeg_subprocess
 
 DEFAULT_THRESHOLD = 0.0
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -169,24 +170,22 @@ def open_video(path: str) -> VideoFrames:
 # The model programs.
 
 
-def _encode_chunk(graphdef: nnx.GraphDef, dtype: str, state: nnx.State, frames: jax.Array, content: jax.Array):
-    """uint8 `[T, S, S, 3]` (content top-left, zeros elsewhere), content (h, w) -> the frames' embeddings,
-    computed in `dtype`."""
+def _encode_chunk(graphdef: nnx.GraphDef, state: nnx.State, frames: jax.Array, content: jax.Array):
+    """uint8 `[T, S, S, 3]` (content top-left, zeros elsewhere), content (h, w) -> the frames' embeddings."""
     model = nnx.merge(graphdef, state)
     size = frames.shape[1]
     rows = jnp.arange(size)[:, None] < content[0]
     cols = jnp.arange(size)[None, :] < content[1]
     x = jnp.where((rows & cols)[None, :, :, None], normalize(frames.astype(jnp.float32)), 0.0)
-    return model.encode_frames(x.astype(dtype))
+    return model.encode_frames(x)
 
 
 def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, embedding: jax.Array, interm: Sequence[jax.Array],
                   valid: jax.Array, text_features: jax.Array, text_mask: jax.Array, track_state):
     """Decodes T frames for E expressions, carrying the track: embeddings `[T, g, g, C]`, valid `[T]` bool,
-    text `[E, L, C_t]`, `[E, L]` -> (float32 low-res logits `[T, E, 4g, 4g]`, track state); computed in the
-    embeddings' dtype."""
+    text `[E, L, C_t]`, `[E, L]` -> (float32 low-res logits `[T, E, 4g, 4g]`, track state)."""
     model = nnx.merge(graphdef, state)
-    words, sentence = model.prompts(text_features.astype(embedding.dtype), text_mask)
+    words, sentence = model.prompts(text_features, text_mask)
     num_expressions = text_features.shape[0]
 
     def per_expression(x):  # [...] -> [E, ...], the same frame for every expression
@@ -205,7 +204,7 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, embedding: jax.Array
 
 
 # Module-level so that models of one architecture (e.g. untrained and trained) share the compiled programs.
-_encode_jit = jax.jit(_encode_chunk, static_argnums=(0, 1))
+_encode_jit = jax.jit(_encode_chunk, static_argnums=0)
 _decode_jit = jax.jit(_decode_chunk, static_argnums=0)
 
 
@@ -235,22 +234,18 @@ class VideoSegmenter:
       text_encoder: the frozen `refsam_jax.text.TextEncoder` the model was trained with.
       chunk_size: frames per model call (static), rounded up to a multiple of the device count.
       expression_batch: expressions decoded together (static).
-      dtype: "float32" or "bfloat16": the weights and the computation (logits come back as float32).
       devices: the devices to run on.
     """
 
     def __init__(self, model: RefSAM, text_encoder, *, chunk_size: int = 8, expression_batch: int = 4,
-                 dtype: str = "float32", devices: Optional[Sequence[jax.Device]] = None):
+                 devices: Optional[Sequence[jax.Device]] = None):
         if chunk_size < 1 or expression_batch < 1:
             raise ValueError(f"chunk_size and expression_batch must be >= 1, got {chunk_size}, {expression_batch}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if text_encoder.width != model.text_width:
             raise ValueError(f"the text encoder at {text_encoder.source} has width {text_encoder.width} but the "
                              f"model was built for text.width={model.text_width}")
         self.model = model
         self.text_encoder = text_encoder
-        self.dtype = dtype
         devices = list(devices or jax.local_devices())
         self.chunk_size = -(-int(chunk_size) // len(devices)) * len(devices)
         self.expression_batch = int(expression_batch)
@@ -262,8 +257,7 @@ class VideoSegmenter:
         self._graphdef, state = nnx.split(model)
         # One sharding (restored checkpoints come with the training mesh's) and no weak types, so every model
         # of one architecture (untrained, trained, ...) shares the compiled programs.
-        state = cast_floating(jax.tree.map(_local_copy, state), DTYPES[dtype])
-        self._state = jax.device_put(state, self._replicated)
+        self._state = jax.device_put(jax.tree.map(_local_copy, state), self._replicated)
 
     def encode_text(self, sentences: Sequence[str]) -> List[ExpressionBatch]:
         """Cleans and encodes each sentence once, in batches of `expression_batch`."""
@@ -315,7 +309,7 @@ class VideoSegmenter:
                                                                original_size, self.image_size),
                                           self._replicated)
             embedding, interm = jax.device_put(
-                _encode_jit(self._graphdef, self.dtype, self._state, jax.device_put(batch, self._split),
+                _encode_jit(self._graphdef, self._state, jax.device_put(batch, self._split),
                             np.asarray(content, np.int32)), self._replicated)
             outputs = []
             for g, expressions in enumerate(text):
@@ -425,18 +419,19 @@ class LoadedModel:
 
 
 def load_model(config: ml_collections.ConfigDict, checkpoint_dir: Optional[str] = None, *,
-               text_encoder=None) -> LoadedModel:
+               text_encoder=None, dtype: str = "float32") -> LoadedModel:
     """Builds RefSAM as training does (`config.model`, `config.seed`, SAM from `config.model.sam.checkpoint`)
     and, when `checkpoint_dir` is given, loads the trained parameters of its latest checkpoint.
 
     Without a SAM checkpoint the frozen SAM weights are the seeded random initialisation, so they equal those
     the run trained with only for the same `config.seed`. `text_encoder`: reuse one already loaded (its
-    compiled forward with it) instead of loading `config.model.text.encoder` again.
+    compiled forward with it) instead of loading `config.model.text.encoder` again. `dtype` ("float32" or
+    "bfloat16"): the compute dtype of SAM's image encoder.
     """
     if text_encoder is None:
         text_encoder = load_text_encoder(config.model.text.encoder, config.model.text.max_length,
                                          expected_width=config.model.text.width)
-    model = build_refsam(config.model, seed=config.seed)
+    model = build_refsam(config.model, seed=config.seed, dtype=named_dtype(dtype))
     step, source = 0, "untrained (initialisation)"
     if checkpoint_dir is not None:
         step = load_trained_params(model, checkpoint_dir, config.model.to_dict())

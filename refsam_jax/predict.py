@@ -31,6 +31,7 @@ from ml_collections import config_flags
 from refsam_jax import cli, inference, paths, visualize
 from refsam_jax.evaluation import save_binary_mask_png
 from refsam_jax.segmenter import Segmenter, load
+from refsam_jax.trees import DTYPES
 
 
 def define_flags() -> dict:
@@ -46,7 +47,7 @@ def define_flags() -> dict:
         "out": flags.DEFINE_string("out", None, "Output folder."),
         "threshold": flags.DEFINE_float("threshold", 0.0, "Mask = logit > threshold (official: 0.01 / 0.1)."),
         "chunk_size": flags.DEFINE_integer("chunk_size", 8, "Frames per model call."),
-        "dtype": flags.DEFINE_enum("dtype", "float32", sorted(inference.DTYPES), "Precision of the model."),
+        "dtype": flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype of SAM's image encoder."),
         "fps": flags.DEFINE_float("fps", None, "Overlay frame rate (default: the video's, or 10 for frames)."),
         "overlay": flags.DEFINE_bool("overlay", True, "Write overlay.gif / overlay.mp4."),
         "gif_max_side": flags.DEFINE_integer("gif_max_side", 480, "Longest side of the GIF's frames."),
@@ -75,8 +76,8 @@ def _teed(frames: Iterable[np.ndarray], seen: collections.deque) -> Iterator[np.
 
 
 def predict(video, sentences: Sequence[str], out: str, loaded, *, threshold: float = 0.0,
-            chunk_size: int = 8, expression_batch: Optional[int] = None, dtype: str = "float32", fps=None,
-            overlay: bool = True, gif_max_side: int = 480) -> dict:
+            chunk_size: int = 8, expression_batch: Optional[int] = None, fps=None, overlay: bool = True,
+            gif_max_side: int = 480) -> dict:
     """Runs `loaded` (an `inference.LoadedModel`) on the video (a path or an opened `inference.VideoFrames`)
     and writes masks and overlay under `out`, reading the video once.
 
@@ -86,7 +87,7 @@ def predict(video, sentences: Sequence[str], out: str, loaded, *, threshold: flo
     """
     video = video if isinstance(video, inference.VideoFrames) else inference.open_video(video)
     seg = Segmenter(loaded, threshold=threshold, chunk_size=chunk_size,
-                    expression_batch=expression_batch or len(sentences), dtype=dtype)
+                    expression_batch=expression_batch or len(sentences))
     mask_dirs = expression_dirs(out, sentences)
     writer = (visualize.OverlayWriter(os.path.join(out, "overlay"), fps or video.fps or 10.0,
                                       gif_max_side=gif_max_side) if overlay else None)
@@ -131,12 +132,13 @@ def main(argv, flag_values: dict):
         raise app.UsageError("; ".join(problems))
     video = inference.open_video(value["video"])  # Fails on a bad video before any model is built.
     if value["random_init"]:
-        loaded = inference.load_model(value["config"] or inference.load_config_file(DEMO_CONFIG))
+        loaded = inference.load_model(value["config"] or inference.load_config_file(DEMO_CONFIG),
+                                      dtype=value["dtype"])
         print("WARNING: --random-init: the model is UNTRAINED; its masks are meaningless.", file=sys.stderr)
     else:
-        loaded = load(value["checkpoint"], config=value["config"]).loaded
+        loaded = load(value["checkpoint"], config=value["config"], dtype=value["dtype"]).loaded
     summary = predict(video, sentences, value["out"], loaded, threshold=value["threshold"],
-                      chunk_size=value["chunk_size"], dtype=value["dtype"], fps=value["fps"], overlay=value["overlay"],
+                      chunk_size=value["chunk_size"], fps=value["fps"], overlay=value["overlay"],
                       gif_max_side=value["gif_max_side"])
     print(f"model: {summary['model']}")
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s, compilation included "

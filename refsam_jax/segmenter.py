@@ -22,7 +22,7 @@ from flax import nnx
 from refsam_jax import inference, paths
 from refsam_jax.model.refsam import build_refsam
 from refsam_jax.text import load_text_encoder
-from refsam_jax.trees import cast_floating
+from refsam_jax.trees import cast_floating, named_dtype
 
 EXPORT_FILE = "export.json"
 CONFIG_FILE = "config.json"
@@ -37,8 +37,9 @@ def is_export(path: str) -> bool:
     return os.path.isfile(os.path.join(path, EXPORT_FILE))
 
 
-def load_exported(path: str) -> inference.LoadedModel:
-    """The model and text encoder of an exported folder (parameters restored as float32)."""
+def load_exported(path: str, dtype: str = "float32") -> inference.LoadedModel:
+    """The model and text encoder of an exported folder (parameters restored as float32; `dtype`: the compute
+    dtype of SAM's image encoder)."""
     path = paths.absolute(os.fspath(path))
     with open(os.path.join(path, EXPORT_FILE)) as f:
         record = json.load(f)
@@ -48,7 +49,8 @@ def load_exported(path: str) -> inference.LoadedModel:
     config = inference.load_config_file(os.path.join(path, CONFIG_FILE))
     with config.unlocked():
         config.model.text.encoder = os.path.join(path, TEXT_DIR)
-    abstract = nnx.eval_shape(lambda: build_refsam(config.model, seed=config.seed))
+    abstract = nnx.eval_shape(lambda: build_refsam(config.model, seed=config.seed,
+                                                   dtype=named_dtype(dtype)))
     graphdef, abstract_state = nnx.split(abstract)
     with ocp.StandardCheckpointer() as checkpointer:
         state = checkpointer.restore(os.path.join(path, MODEL_DIR), abstract_state)
@@ -63,17 +65,16 @@ class Segmenter:
     """Segments the objects that sentences refer to in videos; see the module docstring.
 
     Masks are `logits > threshold` (default `inference.DEFAULT_THRESHOLD`, sigmoid > 0.5), at the frames' size.
-    `dtype` ("float32" or "bfloat16") is the precision of the model's weights and computation; `devices`
-    (default: every local device) share each chunk of frames (`inference.VideoSegmenter`). The predict and
-    evaluate commands, and the evaluation during training, all segment through this class.
+    `devices` (default: every local device) share each chunk of frames (`inference.VideoSegmenter`). The
+    predict and evaluate commands, and the evaluation during training, all segment through this class.
     """
 
     def __init__(self, loaded: inference.LoadedModel, *, threshold: float = inference.DEFAULT_THRESHOLD,
-                 chunk_size: int = 8, expression_batch: int = 4, dtype: str = "float32", devices=None):
+                 chunk_size: int = 8, expression_batch: int = 4, devices=None):
         self.loaded = loaded
         self.threshold = float(threshold)
         self.runner = inference.VideoSegmenter(loaded.model, loaded.text_encoder, chunk_size=chunk_size,
-                                               expression_batch=expression_batch, dtype=dtype, devices=devices)
+                                               expression_batch=expression_batch, devices=devices)
 
     def stream(self, video: Video, sentences: Sequence[str]) -> Iterator[Tuple[int, np.ndarray]]:
         """`(t, logits float32 [N, H, W])` frame by frame (constant memory in the video's length)."""
@@ -106,12 +107,13 @@ def _frames(video):
 def load(path: str, *, threshold: float = inference.DEFAULT_THRESHOLD, chunk_size: int = 8,
          expression_batch: int = 4, dtype: str = "float32", devices=None, config=None) -> Segmenter:
     """A `Segmenter` (see its arguments) for an exported folder or a training workdir (or its checkpoints
-    folder; `config`: the training config, when the workdir has no config.json)."""
+    folder; `config`: the training config, when the workdir has no config.json). `dtype="bfloat16"` runs
+    SAM's image encoder, the bulk of the work, with bfloat16 matmuls."""
     path = paths.absolute(os.fspath(path))
     if is_export(path):
-        loaded = load_exported(path)
+        loaded = load_exported(path, dtype)
     else:
         checkpoint_dir, workdir = inference.checkpoint_location(path)
-        loaded = inference.load_model(inference.training_config(config, workdir), checkpoint_dir)
+        loaded = inference.load_model(inference.training_config(config, workdir), checkpoint_dir, dtype=dtype)
     return Segmenter(loaded, threshold=threshold, chunk_size=chunk_size, expression_batch=expression_batch,
-                     dtype=dtype, devices=devices)
+                     devices=devices)

@@ -168,7 +168,8 @@ class RefSamTask(loop.Task):
         self.text_cache: Optional[TextFeatureCache] = None
 
     def build_model(self) -> RefSAM:
-        return build_refsam(model_config_without_weights(self.config), seed=self.config.seed)
+        return build_refsam(model_config_without_weights(self.config), seed=self.config.seed,
+                            dtype=loop.compute_dtype(self.config))
 
     def check_split(self, split: TrainableSplit) -> None:
         frozen = [path_to_str(path) for path, variable in nnx.to_flat_state(split.frozen)

@@ -184,17 +184,19 @@ class RefSAM(nnx.Module):
         return jnp.swapaxes(logits, 0, 1), track_state
 
 
-def build_refsam(config: ml_collections.ConfigDict, *, sam: Optional[Sam] = None, seed: int = 0) -> RefSAM:
+def build_refsam(config: ml_collections.ConfigDict, *, sam: Optional[Sam] = None, seed: int = 0,
+                 dtype=jnp.float32) -> RefSAM:
     """RefSAM from a model config. SAM comes from `sam`, else from `config.sam.checkpoint` (a converted
     checkpoint), else is randomly initialised with `config.sam.model_type`. When adapters or LoRA are on, the
     image encoder is rebuilt with them and the SAM encoder's state is copied in: every SAM parameter keeps its
-    path in the adapted encoder, so only the adapter/LoRA parameters stay at their initialisation."""
+    path in the adapted encoder, so only the adapter/LoRA parameters stay at their initialisation. `dtype`:
+    the compute dtype of the image encoder's matmuls when SAM is built here (parameters stay float32)."""
     validate_model_config(config)
     if sam is None:
         if config.sam.checkpoint:
-            sam = load_sam(config.sam.checkpoint, config=sam_config_for(config))
+            sam = load_sam(config.sam.checkpoint, config=sam_config_for(config), dtype=dtype)
         else:
-            sam = build_sam(config.sam.model_type, config=sam_config_for(config), seed=seed)
+            sam = build_sam(config.sam.model_type, config=sam_config_for(config), seed=seed, dtype=dtype)
     options = adapter_options(config)
     rngs = nnx.Rngs(seed + 1)
     if options.placement != "none" or options.lora_rank > 0:

@@ -29,7 +29,7 @@ from refsam_jax.train import metrics_writer as metrics_lib
 from refsam_jax.train import optimizer as optimizer_lib
 from refsam_jax.train import sharding as sharding_lib
 from refsam_jax.train import step as step_lib
-from refsam_jax.trees import cast_floating
+from refsam_jax.trees import cast_floating, named_dtype
 
 
 class Task(abc.ABC):
@@ -134,10 +134,7 @@ def check_workdir(workdir: str) -> None:
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
-    names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    if config.compute_dtype not in names:
-        raise ValueError(f"config.compute_dtype must be one of {sorted(names)}, got {config.compute_dtype!r}")
-    return names[config.compute_dtype]
+    return named_dtype(config.compute_dtype, "config.compute_dtype")
 
 
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
