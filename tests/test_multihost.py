@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import grain
@@ -40,13 +41,27 @@ def _launch(workdir, devices: int, process_id: int = 0, num_processes: int = 1, 
     if num_processes > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
                    JAX_PROCESS_ID=str(process_id))
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), f"--config={DEMO}",
-                             f"--workdir={workdir}", f"--config.total_steps={steps}", *OVERRIDES, *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _spawn([sys.executable, os.path.join(ROOT, "train.py"), f"--config={DEMO}", f"--workdir={workdir}",
+                   f"--config.total_steps={steps}", *OVERRIDES, *extra], env)
+
+
+def _spawn(command, env) -> subprocess.Popen:
+    """Starts `command` with its output in temporary files (`_output` reads them): a process blocked on a full
+    pipe that nobody reads yet would hold its peers at JAX's shutdown barrier."""
+    logs = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+    process = subprocess.Popen(command, env=env, stdout=logs[0], stderr=logs[1], text=True)
+    process.logs = logs
+    return process
+
+
+def _output(process: subprocess.Popen, timeout: float):
+    """(stdout, stderr) of a process, once it has exited."""
+    process.wait(timeout=timeout)
+    return tuple(log.seek(0) or log.read() for log in process.logs)
 
 
 def _finish(processes):
-    outputs = [p.communicate(timeout=600) for p in processes]
+    outputs = [_output(p, timeout=600) for p in processes]
     for p, (_, stderr) in zip(processes, outputs):
         assert p.returncode == 0, stderr[-4000:]
 
@@ -108,10 +123,9 @@ def _evaluate(workdir, out, processes: int, *extra):
         if processes > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
                        JAX_PROCESS_ID=str(i))
-        launched.append(subprocess.Popen(
-            [sys.executable, "-m", "refsam_jax.evaluate", f"--workdir={workdir}", f"--out={out}", *extra],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=600) for p in launched]
+        launched.append(_spawn([sys.executable, "-m", "refsam_jax.evaluate", f"--workdir={workdir}", f"--out={out}",
+                                *extra], env))
+    outputs = [_output(p, timeout=600) for p in launched]
     for p, (_, stderr) in zip(launched, outputs):
         assert p.returncode == 0, stderr[-4000:]
     return [stdout for stdout, _ in outputs]
@@ -154,10 +168,10 @@ def test_a_killed_process_stops_the_other_and_a_restart_resumes(tmp_path):
         time.sleep(0.5)
     processes[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
-    _, stderr = processes[0].communicate(timeout=120)  # JAX's heartbeat timeout (60 s here) bounds the wait.
+    _, stderr = _output(processes[0], timeout=120)  # JAX's heartbeat timeout (60 s here) bounds the wait.
     assert processes[0].returncode != 0 and time.monotonic() - killed < 90
     assert "stopped sending heartbeats" in stderr and "another task died" in stderr
-    processes[1].communicate()
+    processes[1].wait()
     saved = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     _run(workdir, processes=2, steps=saved + 2)
     steps = [r["step"] for r in metrics_writer.read_metrics(str(workdir)) if "loss" in r]
