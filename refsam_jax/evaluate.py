@@ -122,6 +122,9 @@ def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, 
                                      expected_num_videos=expected)
         summary.update(report.summary(), zip=os.path.join(out_dir, "submission.zip"))
     summary["seconds"] = time.perf_counter() - start
+    tokenizer = loaded.text_encoder.tokenizer  # Sentences cut at max_length, on any process.
+    summary["truncated_expressions"] = len(set().union(*processes.allgather("truncated", sorted(tokenizer.truncated))))
+    summary["max_text_length"] = tokenizer.max_length
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -129,7 +132,13 @@ def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, 
 
 
 def format_summary(summary: Dict[str, object]) -> str:
-    """One line: J&F, J, F and counts (or the zip written)."""
+    """One line: J&F, J, F and counts (or the zip written), and how many expressions were cut."""
+    truncated = (f"; {summary['truncated_expressions']} expressions cut at {summary['max_text_length']} tokens"
+                 if summary.get("truncated_expressions") else "")
+    return _format_result(summary) + truncated
+
+
+def _format_result(summary: Dict[str, object]) -> str:
     if "JF" in summary:
         counts = (f"{summary['num_expressions']} expressions, {summary['num_videos']} videos"
                   if "num_expressions" in summary else f"{summary['num_sequences']} videos, "

@@ -12,8 +12,8 @@ Protocol (REFSAM_SPEC.md §6.1, with the fixes of §9.5 and §9.11):
 - Frames go through the model in chunks of `chunk_size`; the last chunk is padded with blank frames
   whose outputs are dropped and which do not advance the track. Every compiled program has static
   shapes independent of the video's length and size, except the final resize to the original size
-  (compiled once per padded size, `sam.transforms.padded_size`). The image encoder runs once per frame, whatever the number
-  of expressions.
+  (compiled once per padded size, `sam.transforms.padded_size`). The image encoder runs once per frame,
+  whatever the number of expressions.
 - Each expression has its own track state, carried from chunk to chunk (the official DAVIS script
   shares one across the 4 expressions of an object, spec §9.5). Expressions are decoded in batches of
   `expression_batch` (the last batch padded by repeating an expression).

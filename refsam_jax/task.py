@@ -134,7 +134,8 @@ def evaluate_heldout(model: RefSAM, text_encoder: TextEncoder, config: ml_collec
     result = evaluate_ytvos_heldout(segmenter, config.data.data_dir, split=config.eval.split,
                                     builder_config=builder_config("ref_youtube_vos", config.data),
                                     max_expressions=config.eval.max_expressions, progress=False).summary()
-    return {"J": result["J"], "F": result["F"], "J&F": result["JF"], "expressions": float(result["num_expressions"])}
+    return {"J": result["J"], "F": result["F"], "J&F": result["JF"], "expressions": float(result["num_expressions"]),
+            "truncated_expressions": float(len(text_encoder.tokenizer.truncated))}
 
 
 def derive(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -166,6 +167,7 @@ class RefSamTask(loop.Task):
         self.frames_per_clip = config.data.num_frames
         self.text_encoder: Optional[TextEncoder] = None  # Loaded after the loop's checks.
         self.text_cache: Optional[TextFeatureCache] = None
+        self.sentences_read = self.sentences_truncated = 0
 
     def build_model(self) -> RefSAM:
         return build_refsam(model_config_without_weights(self.config), seed=self.config.seed,
@@ -195,6 +197,8 @@ class RefSamTask(loop.Task):
         return refsam_loss(self.config, model, batch, self.text_encoder, text)
 
     def prepare_batch(self, batch: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        self.sentences_read += len(batch["text_truncated"])
+        self.sentences_truncated += int(np.sum(batch["text_truncated"]))
         prepared = {key: batch[key] for key in TRAIN_KEYS}
         if self.text_cache is not None:
             prepared["text_features"], prepared["text_mask"] = self.text_cache(batch["input_ids"],
@@ -212,6 +216,10 @@ class RefSamTask(loop.Task):
                 write_synthetic_data(self.config, self.workdir)
         return iter(make_train_loader(self.config, self.tokenizer, seed=self.config.seed, shard_index=shard_index,
                                       shard_count=shard_count, start_batch=first_step))
+
+    def host_metrics(self) -> Dict[str, float]:
+        """The fraction of this host's training sentences (so far) longer than config.data.max_text_length."""
+        return {"text/truncated_fraction": self.sentences_truncated / max(self.sentences_read, 1)}
 
     def evaluate(self, model: RefSAM) -> Optional[Dict[str, float]]:
         if not self.config.eval.split:

@@ -188,6 +188,11 @@ def test_tokenizer_warns_once_per_truncated_sentence(caplog):
     assert len(warnings) == 1
     assert "sentence 1" in warnings[0] and "12 tokens" in warnings[0] and "4 tokens dropped" in warnings[0]
     assert mask.all(axis=1).tolist() == [False, True] and ids[1, -1] == 102  # [SEP] kept
+    assert tokenizer.lengths(["short one", "a b c d e f g h i j"]).tolist() == [4, 12]
+    assert tokenizer.truncated == {"one two three four five six seven eight nine ten"}
+    with caplog.at_level(logging.WARNING, logger="refsam_jax.text.tokenizer"):
+        tokenizer(["one two three four five six seven eight nine ten"])  # Seen before: no second warning.
+    assert len([r for r in caplog.records if r.name == "refsam_jax.text.tokenizer"]) == 1
 
 
 def test_clean_caption():

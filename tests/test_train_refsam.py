@@ -59,8 +59,8 @@ def test_refsam_trains_evaluates_and_rejects_a_checkpoint_of_another_model(tmp_p
         return evaluate_heldout(model, text_encoder, config)
 
     monkeypatch.setattr(task_lib, "evaluate_heldout", check_weights_then_evaluate)
-    summary = task_lib.train_and_evaluate(small_demo_config(**{"model.sam.checkpoint": str(tmp_path / "sam")}),
-                                      str(tmp_path / "run"))
+    summary = task_lib.train_and_evaluate(small_demo_config(**{"model.sam.checkpoint": str(tmp_path / "sam"),
+                                                               "data.max_text_length": 5}), str(tmp_path / "run"))
     assert sorted(summary.losses) == [1, 2] and all(np.isfinite(list(summary.losses.values())))
     assert summary.compilations == 1
     assert 0.0 <= summary.evaluations[2]["J&F"] <= 1.0 and summary.evaluations[2]["expressions"] == 1
@@ -68,10 +68,12 @@ def test_refsam_trains_evaluates_and_rejects_a_checkpoint_of_another_model(tmp_p
     groups = {"adapter", "mlp", "dense", "mask_decoder", "tracking"}
     assert {f"grad_norm/{g}" for g in groups} | {f"lr/{g}" for g in groups} <= set(records[0])
     assert all(records[0][f"grad_norm/{g}"] > 0 for g in groups - {"adapter"})
+    # 5 tokens: [CLS] + 3 words + [SEP]; the demo's sentences are longer: counted, not cut silently.
+    assert records[-2]["text/truncated_fraction"] > 0 and summary.evaluations[2]["truncated_expressions"] == 1
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
 
     other = small_demo_config(**{"total_steps": 3, "model.sam.checkpoint": str(tmp_path / "sam"),
-                                 "model.mlp.hidden_layers": 2})
+                                 "data.max_text_length": 5, "model.mlp.hidden_layers": 2})
     with pytest.raises(checkpoint_lib.CheckpointMismatchError,
                        match="mlp.hidden_layers: 1 in the checkpoint, 2 now"):
         task_lib.train_and_evaluate(other, str(tmp_path / "run"))

@@ -75,7 +75,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "heldout_seed": 0,
             "num_frames": 3,
             "image_size": 1024,
-            "max_text_length": 20,
+            "max_text_length": 32,
             "batch_size": 2,
             "num_epochs": ml_collections.FieldReference(None, field_type=int),
             "shuffle": True,
@@ -275,6 +275,7 @@ class ClipTransform(grain.transforms.RandomMap):
             "image_size": np.tile(np.asarray([h, w], np.int32), (len(frames), 1)),
             "input_ids": input_ids[0].astype(np.int32),
             "text_mask": text_mask[0].astype(bool),
+            "text_truncated": np.bool_(self._tokenizer.lengths([sentence])[0] > length),
             "source_index": np.int32(element["source_index"]),
             "record_index": np.int32(element["record_index"]),
             "expression_index": np.int32(expression),
@@ -318,7 +319,8 @@ def make_train_loader(
 ) -> grain.DataLoader:
     """A grain DataLoader of training batches for this host (see the module docstring).
 
-    `tokenizer(list[str]) -> (input_ids [n, L], attention_mask [n, L])` with L = data.max_text_length.
+    `tokenizer`: a `text.TextTokenizer` with `max_length` = data.max_text_length (a batch's `text_truncated`
+    marks the sentences it cut).
     `seed`: a non-negative 32-bit int; same seed -> same batches. shard_index/shard_count default
     to jax.process_index()/jax.process_count(): each host reads its rows of every global batch
     (`GlobalBatchSlice`). `start_batch`: the first global batch (a run resumed on another number of hosts).

@@ -36,16 +36,22 @@ class TextTokenizer:
                              f"{special} special tokens")
         self.path = path
         self.max_length = max_length
+        self.truncated = set()  # The distinct sentences this tokenizer had to truncate.
 
     @property
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    def lengths(self, sentences: Sequence[str]) -> np.ndarray:
+        """int `[B]`: the tokens of each sentence, special tokens included, before any truncation."""
+        return np.asarray([len(ids) for ids in self.tokenizer(list(sentences), truncation=False)["input_ids"]])
+
     def __call__(self, sentences: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
         """Sentences -> (input_ids int32 [B, max_length], attention_mask bool [B, max_length]).
 
         Special tokens are added as the tokenizer does (e.g. `</s>` for T5, `[CLS] ... [SEP]` for BERT). A
-        sentence longer than `max_length` tokens is truncated, with a warning saying how many tokens were dropped.
+        sentence longer than `max_length` tokens is truncated, with a warning (the first time) saying how many
+        tokens were dropped; `self.truncated` collects those sentences.
         """
         if isinstance(sentences, str):
             raise TypeError("sentences must be a list of strings, not one string")
@@ -57,9 +63,9 @@ class TextTokenizer:
                 raise TypeError(f"sentence {i} is a {type(sentence).__name__}, not a string")
             if not sentence.strip():
                 raise ValueError(f"sentence {i} is empty or whitespace only: {sentence!r}")
-        full_lengths = [len(ids) for ids in self.tokenizer(sentences, truncation=False)["input_ids"]]
-        for i, (sentence, length) in enumerate(zip(sentences, full_lengths)):
-            if length > self.max_length:
+        for i, (sentence, length) in enumerate(zip(sentences, self.lengths(sentences))):
+            if length > self.max_length and sentence not in self.truncated:
+                self.truncated.add(sentence)
                 logger.warning("sentence %d (%r) has %d tokens: truncated to max_length %d, %d tokens dropped",
                                i, sentence, length, self.max_length, length - self.max_length)
         encoded = self.tokenizer(sentences, padding="max_length", truncation=True, max_length=self.max_length,

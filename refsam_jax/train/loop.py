@@ -81,6 +81,10 @@ class Task(abc.ABC):
         """`{metric: value}` of the model, or None when the task has no evaluation."""
         return None
 
+    def host_metrics(self) -> Dict[str, float]:
+        """Scalars the host tracks (e.g. how much of the data was cut), logged with each step's metrics."""
+        return {}
+
 
 @dataclasses.dataclass
 class TrainSummary:
@@ -162,8 +166,10 @@ class _StepLog:
     the completion of the run's first step on (so compilation is not counted).
     """
 
-    def __init__(self, config, writer, progress, schedules, clips_per_step, frames_per_step, origin: str = ""):
+    def __init__(self, config, writer, progress, schedules, clips_per_step, frames_per_step, origin: str = "",
+                 host_metrics: Callable[[], Dict[str, float]] = dict):
         self._config, self._writer, self._progress = config, writer, progress
+        self._host_metrics = host_metrics
         self.origin = origin  # Named in the NaN error, e.g. the checkpoint a resumed run came from.
         self._schedules, self._clips, self._frames = schedules, clips_per_step, frames_per_step
         self._pending = None
@@ -197,6 +203,7 @@ class _StepLog:
             scalars = {name: float(np.mean([w[name] for w in self._window])) for name in self._window[0]}
             lrs = optimizer_lib.learning_rates(self._schedules, step - 1, self._config.optim.accumulate_steps)
             scalars.update({f"lr/{group}": lr for group, lr in lrs.items()})
+            scalars.update(self._host_metrics())
             if self._timed_steps:
                 elapsed = now - self._window_start
                 scalars["clips_per_s"] = self._timed_steps * self._clips / elapsed
@@ -298,7 +305,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     progress = metrics_lib.Progress(config.total_steps, step, enabled=config.progress_bar)
     log = _StepLog(config, writer, progress, schedules, task.global_batch_size,
                    task.global_batch_size * task.frames_per_clip,
-                   origin=f" (this run resumed from {checkpointer.directory}/{resume_step})" if resume_step else "")
+                   origin=f" (this run resumed from {checkpointer.directory}/{resume_step})" if resume_step else "",
+                   host_metrics=task.host_metrics)
     def next_batch():
         return sharding_lib.global_batch(task.prepare_batch(next(iterator)), shardings.batch)
 
