@@ -9,7 +9,7 @@ The same program runs on 1 CPU, simulated CPU devices, GPUs and TPU pods.
 
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
@@ -51,6 +51,16 @@ def barrier(name: str, timeout_s: int) -> None:
     collective: gloo gives a first collective only 30 s for a late process, e.g. one still compiling)."""
     if jax.process_count() > 1:
         distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s) * 1000)
+
+
+def process_zero_first(fn: Callable[[], Any], name: str, timeout_s: int = 3600) -> None:
+    """Runs `fn` on process 0, then, after the barrier `name`, on the other processes: for files that process 0
+    writes and the others then only locate (e.g. synthetic data)."""
+    if jax.process_index() == 0:
+        fn()
+    barrier(name, timeout_s)
+    if jax.process_index() != 0:
+        fn()
 
 
 def make_mesh(mesh_shape: Mapping[str, int], devices=None) -> Mesh:
