@@ -44,7 +44,7 @@ TRAIN_KEYS = ("frames", "masks", "image_size", "text_mask")
 def refsam_config() -> ml_collections.ConfigDict:
     """`loop.base_config()` plus every RefSAM key, with the model and data defaults (configs/*.py edit it).
 
-    Keys beyond the base: model (`refsam_jax.model.config.default_model_config`), data
+    Keys beyond the base: task ("refsam"), model (`refsam_jax.model.config.default_model_config`), data
     (`refsam_jax.data.default_data_config`; data.max_text_length is model.text.max_length), text_cache,
     loss.{dice_weight, focal_weight, focal_alpha, focal_gamma}, synthetic.{enabled, num_videos, num_frames,
     frame_size, seed}, eval.{split, threshold, max_expressions}. An empty `config.trainable` (the default)
@@ -52,6 +52,7 @@ def refsam_config() -> ml_collections.ConfigDict:
     every `--config.model.*` override and sweep value is honoured.
     """
     config = loop.base_config()
+    config.task = "refsam"  # what train.py trains (refsam_jax.sam_task's configs say "sam")
     config.model = default_model_config()
     config.data = default_data_config()
     config.model.text.max_length = config.data.get_ref("max_text_length")
