@@ -10,13 +10,12 @@ function here is a no-op or the identity.
 import itertools
 import json
 import os
-from typing import Any, List, Sequence, Tuple, TypeVar
+from typing import Any, Callable, List
 
 import jax
 from absl import logging
 from jax._src import distributed
 
-T = TypeVar("T")
 _calls = itertools.count()  # Every process makes the same calls in the same order: unique, matching keys.
 
 
@@ -50,11 +49,6 @@ def barrier(name: str, timeout_s: int) -> None:
         distributed.global_state.client.wait_at_barrier(f"{name}#{next(_calls)}", timeout_in_ms=int(timeout_s) * 1000)
 
 
-def my_share(items: Sequence[T]) -> List[Tuple[int, T]]:
-    """(position, item) of the items this process handles: every process_count()-th from its index on."""
-    return [(i, item) for i, item in enumerate(items) if i % jax.process_count() == jax.process_index()]
-
-
 def allgather(name: str, value: Any, timeout_s: int = 3600) -> List[Any]:
     """Every process's JSON-able `value`, in process order, on every process (`[value]` in one process).
     Floats come back bit-identical (JSON writes the shortest repr that round-trips)."""
@@ -65,3 +59,13 @@ def allgather(name: str, value: Any, timeout_s: int = 3600) -> List[Any]:
     client.key_value_set(f"{key}/{jax.process_index()}", json.dumps(value))
     return [json.loads(client.blocking_key_value_get(f"{key}/{p}", int(timeout_s) * 1000))
             for p in range(jax.process_count())]
+
+
+def process_zero_first(fn: Callable[[], Any], name: str, timeout_s: int = 3600) -> None:
+    """Runs `fn` on process 0, then, after the barrier `name`, on the other processes: for files that process 0
+    writes and the others then only locate (e.g. synthetic data)."""
+    if jax.process_index() == 0:
+        fn()
+    barrier(name, timeout_s)
+    if jax.process_index() != 0:
+        fn()

@@ -26,7 +26,7 @@ from flax import nnx
 
 from refsam_jax import paths, processes
 from refsam_jax.data import default_data_config, make_train_loader, write_synthetic_data
-from refsam_jax.data.pipeline import builder_config
+from refsam_jax.data.pipeline import builder_config, default_synthetic_config
 from refsam_jax.evaluation.video import evaluate_ytvos_heldout
 from refsam_jax.inference import LoadedModel
 from refsam_jax.model import groups
@@ -45,7 +45,7 @@ TRAIN_KEYS = ("frames", "masks", "image_size", "text_mask")
 def refsam_config() -> ml_collections.ConfigDict:
     """`loop.base_config()` plus every RefSAM key, with the model and data defaults (configs/*.py edit it).
 
-    Keys beyond the base: model (`refsam_jax.model.config.default_model_config`), data
+    Keys beyond the base: task ("refsam"), model (`refsam_jax.model.config.default_model_config`), data
     (`refsam_jax.data.default_data_config`; data.max_text_length is model.text.max_length), text_cache,
     loss.{dice_weight, focal_weight, focal_alpha, focal_gamma}, synthetic.{enabled, num_videos, num_frames,
     frame_size, seed}, eval.{split, threshold, max_expressions}. An empty `config.trainable` (the default)
@@ -53,14 +53,14 @@ def refsam_config() -> ml_collections.ConfigDict:
     every `--config.model.*` override and sweep value is honoured.
     """
     config = loop.base_config()
+    config.task = "refsam"  # what train.py trains (refsam_jax.sam_task's configs say "sam")
     config.model = default_model_config()
     config.data = default_data_config()
     config.model.text.max_length = config.data.get_ref("max_text_length")
     config.text_cache = True
     config.loss = ml_collections.ConfigDict({"dice_weight": 1.0, "focal_weight": 1.0, "focal_alpha": 0.25,
                                              "focal_gamma": 2.0})
-    config.synthetic = ml_collections.ConfigDict({"enabled": False, "num_videos": 60, "num_frames": 8,
-                                                  "frame_size": (96, 128), "seed": 0})
+    config.synthetic = default_synthetic_config()
     config.eval.split = ""  # e.g. 'heldout' (Ref-YouTube-VOS train videos kept out of training); '' = none
     config.eval.threshold = 0.0  # logit threshold, i.e. sigmoid > 0.5
     config.eval.max_expressions = 0  # 0 = all
@@ -208,12 +208,9 @@ class RefSamTask(loop.Task):
         return prepared
 
     def train_iterator(self, shard_index: int, shard_count: int, first_step: int = 0):
-        if self.config.synthetic.enabled:  # Written and built by process 0; the others then only locate it.
-            if jax.process_index() == 0:
-                write_synthetic_data(self.config, self.workdir)
-            processes.barrier("synthetic data written", timeout_s=3600)
-            if jax.process_index() != 0:
-                write_synthetic_data(self.config, self.workdir)
+        if self.config.synthetic.enabled:
+            processes.process_zero_first(lambda: write_synthetic_data(self.config, self.workdir),
+                                         "synthetic data written")
         return iter(make_train_loader(self.config, self.tokenizer, seed=self.config.seed, shard_index=shard_index,
                                       shard_count=shard_count, start_batch=first_step))
 

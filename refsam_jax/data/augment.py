@@ -149,14 +149,15 @@ def resize_clip(
 ) -> Tuple[List[np.ndarray], np.ndarray, Tuple[int, int]]:
     """Crops/flips/resizes a clip to SAM's input shape (no augmentation when `aug` is None).
 
-    frames: T uint8 `[H, W, 3]`; masks: bool `[T, H, W]`. Returns T uint8 `[h, w, 3]`, bool `[T, h, w]`
-    and (h, w), the content size before padding (longest side = model_size).
+    frames: T uint8 `[H, W, 3]`; masks: bool `[T, H, W]`, or uint8 label maps (nearest resizing keeps the
+    values). Returns T uint8 `[h, w, 3]`, masks `[T, h, w]` of the input dtype and (h, w), the content size
+    before padding (longest side = model_size).
     """
     num_frames, h, w = masks.shape
     crops = aug.crops if aug else ((0, 0, h, w),) * num_frames
     _, _, ch, cw = crops[0]
     out_h, out_w = get_preprocess_shape(*(aug.aspect_hw if aug and aug.aspect_hw else (ch, cw)), model_size)
-    out_frames, out_masks = [], np.empty([num_frames, out_h, out_w], dtype=bool)
+    out_frames, out_masks = [], np.empty([num_frames, out_h, out_w], dtype=masks.dtype)
     for t in range(num_frames):
         top, left, ch, cw = crops[t]
         image = frames[t][top : top + ch, left : left + cw]
@@ -166,10 +167,7 @@ def resize_clip(
         out_frames.append(
             np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((out_w, out_h), Image.BILINEAR))
         )
-        out_masks[t] = (
-            np.asarray(
-                Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8)).resize((out_w, out_h), Image.NEAREST)
-            )
-            > 0
+        out_masks[t] = np.asarray(
+            Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8)).resize((out_w, out_h), Image.NEAREST)
         )
     return out_frames, out_masks, (out_h, out_w)

@@ -23,6 +23,10 @@ Config keys (`config.data.*`; `default_data_config()` returns all of them with t
   augment.*         enabled, flip_prob, crop_prob, crop_min_fraction, resize_sizes,
                     color_jitter_prob, brightness, contrast, saturation, hue, per_frame (augment.py)
 
+`make_loader` is the pipeline without the per-record transform (records -> sampler -> this host's rows ->
+batches); RefSAM's clips (`ClipTransform`, `make_train_loader`) and SAM's frames (`object_masks.py`) plug
+their transform into it.
+
 Sampling unit: one record (a video, or a RefCOCO image) per sampler index; each draw then picks an
 expression (sentence) uniformly in it and, for videos, an anchor frame uniformly (resampled if the
 object is absent from the clip). RefSAM enumerates (expression, frame) pairs instead, which weighs
@@ -45,7 +49,7 @@ Batch (numpy, static shapes; B = batch_size // shard_count):
 
 import bisect
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import grain
 import jax
@@ -59,7 +63,7 @@ from refsam_jax.data.builders.common import decode_label_map, decode_rgb, decode
 from refsam_jax.sam import transforms
 from refsam_jax.text.tokenizer import clean_caption
 
-_VIDEO_BUILDERS = ("ref_youtube_vos", "ref_davis17")
+VIDEO_BUILDERS = ("ref_youtube_vos", "ref_davis17")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -142,6 +146,13 @@ def prepare(config) -> Dict[str, Dict[str, int]]:
     return skipped
 
 
+def default_synthetic_config() -> ml_collections.ConfigDict:
+    """`config.synthetic` of the training configs: a synthetic Ref-YouTube-VOS (`write_synthetic_data`) when
+    `enabled`, with `num_videos` train videos of `num_frames` frames of `frame_size` (h, w), from `seed`."""
+    return ml_collections.ConfigDict({"enabled": False, "num_videos": 60, "num_frames": 8, "frame_size": (96, 128),
+                                      "seed": 0})
+
+
 def write_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Writes the synthetic Ref-YouTube-VOS of `config.synthetic` to `<workdir>/data/raw` (unless there) and
     builds it into `<workdir>/data/tfds`; points `config.data.manual_dir` / `data_dir` at them."""
@@ -161,7 +172,7 @@ class RecordSource:
 
     def __init__(self, names: Sequence[str], data_dir: str, split: str, configs: Sequence[Optional[Any]]):
         self.names = list(names)
-        self.kinds = ["video" if builders.parse_name(n)[0] in _VIDEO_BUILDERS else "image" for n in names]
+        self.kinds = ["video" if builders.parse_name(n)[0] in VIDEO_BUILDERS else "image" for n in names]
         self._sources = [builders.open_split(n, data_dir, split, config=c) for n, c in zip(names, configs)]
         self._starts = np.cumsum([0] + [len(s) for s in self._sources]).tolist()
 
@@ -308,23 +319,23 @@ class GlobalBatchSlice:
         return grain.RecordMetadata(index=index, record_key=metadata.record_key, rng=metadata.rng)
 
 
-def make_train_loader(
+def make_loader(
     config,
-    tokenizer,
+    transform: Callable[[RecordSource], grain.transforms.RandomMap],
     *,
     seed: int,
     shard_index: Optional[int] = None,
     shard_count: Optional[int] = None,
     start_batch: int = 0,
 ) -> grain.DataLoader:
-    """A grain DataLoader of training batches for this host (see the module docstring).
+    """A grain DataLoader of this host's rows of every global batch of `transform(source)` examples, one per
+    record drawn from the records of `config.data` (`data.name`, `data.split`, shuffled per epoch).
 
-    `tokenizer`: a `text.TextTokenizer` with `max_length` = data.max_text_length (a batch's `text_truncated`
-    marks the sentences it cut).
-    `seed`: a non-negative 32-bit int; same seed -> same batches. shard_index/shard_count default
-    to jax.process_index()/jax.process_count(): each host reads its rows of every global batch
-    (`GlobalBatchSlice`). `start_batch`: the first global batch (a run resumed on another number of hosts).
-    `iter(loader)` gives an iterator with get_state()/set_state() for checkpoints.
+    `transform(source)` makes the example of a record (a `grain.transforms.RandomMap`). `seed`: a non-negative
+    32-bit int; same seed -> same batches. shard_index/shard_count default to jax.process_index()/
+    jax.process_count(): each host reads its rows of every global batch (`GlobalBatchSlice`). `start_batch`: the
+    first global batch (a run resumed on another number of hosts). `iter(loader)` gives an iterator with
+    get_state()/set_state() for checkpoints.
     """
     data = _data_config(config)
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -341,10 +352,7 @@ def make_train_loader(
         seed=seed,
     )
     local_batch = data.batch_size // shard_count
-    operations = [
-        ClipTransform(data, tokenizer, names, source.kinds),
-        grain.transforms.Batch(batch_size=local_batch, drop_remainder=True),
-    ]
+    operations = [transform(source), grain.transforms.Batch(batch_size=local_batch, drop_remainder=True)]
     if data.num_workers and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags; use their defaults.
     return grain.DataLoader(
@@ -358,3 +366,22 @@ def make_train_loader(
             num_threads=int(data.read_threads), prefetch_buffer_size=int(data.read_prefetch)
         ),
     )
+
+
+def make_train_loader(
+    config,
+    tokenizer,
+    *,
+    seed: int,
+    shard_index: Optional[int] = None,
+    shard_count: Optional[int] = None,
+    start_batch: int = 0,
+) -> grain.DataLoader:
+    """RefSAM's training batches (see the module docstring) for this host: `make_loader` with `ClipTransform`.
+
+    `tokenizer`: a `text.TextTokenizer` with `max_length` = data.max_text_length (a batch's `text_truncated`
+    marks the sentences it cut).
+    """
+    data = _data_config(config)
+    return make_loader(data, lambda source: ClipTransform(data, tokenizer, source.names, source.kinds), seed=seed,
+                       shard_index=shard_index, shard_count=shard_count, start_batch=start_batch)

@@ -8,11 +8,11 @@ where the official code is odd has a switch that restores its behaviour (see the
 
 import ml_collections
 
-from refsam_jax.sam.config import SAM_CONFIGS
+from refsam_jax.sam.config import MODEL_TYPES
 
 # key -> allowed values, for every key with a closed set of choices.
 CHOICES = {
-    "sam.model_type": tuple(SAM_CONFIGS) + ("tiny",),
+    "sam.model_type": MODEL_TYPES,
     "adapter.placement": ("none", "half", "all"),
     "dense.mode": ("none", "origin", "da", "hda"),
     "dense.temperature": ("fixed", "learned"),

@@ -35,7 +35,7 @@ from refsam_jax.model.cross_modal_mlp import CrossModalMLP, l2_normalize, text_p
 from refsam_jax.model.dense_attention import DenseAttention, HierarchicalDenseAttention
 from refsam_jax.model.tracking import ImplicitTrackingModule
 from refsam_jax.sam.build import build_sam, load_sam
-from refsam_jax.sam.config import SAM_CONFIGS, SamConfig, tiny_config
+from refsam_jax.sam.config import SamConfig, config_for_type
 from refsam_jax.sam.model import Sam
 
 TrackState = Tuple[jax.Array, jax.Array]  # (track token [B, C], has_token [B] bool)
@@ -60,7 +60,7 @@ def encode_text(text_encoder, input_ids: jax.Array, attention_mask: jax.Array, *
 def sam_config_for(config: ml_collections.ConfigDict) -> SamConfig:
     """The SAM architecture named by `config.sam.model_type`."""
     validate_model_config(config)
-    return tiny_config() if config.sam.model_type == "tiny" else SAM_CONFIGS[config.sam.model_type]
+    return config_for_type(config.sam.model_type)
 
 
 def adapter_options(config: ml_collections.ConfigDict) -> AdapterOptions:

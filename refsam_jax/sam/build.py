@@ -10,6 +10,7 @@ import json
 import os
 from typing import Optional, Tuple
 
+import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -59,6 +60,9 @@ def read_checkpoint_config(directory: str) -> Tuple[str, SamConfig]:
 def _restore(directory: str, config: SamConfig, dtype) -> Sam:
     abstract = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0), dtype=dtype))
     graphdef, abstract_state = nnx.split(abstract)
+    # Onto this process's first device, whatever devices or processes the checkpoint was saved from.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state)
     path = os.path.join(os.path.abspath(directory), STATE_DIR)
     if not os.path.isdir(path):
         raise SamCheckpointError(f"{directory} is not a SAM checkpoint: {STATE_DIR}/ is missing")

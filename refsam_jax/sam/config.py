@@ -93,6 +93,16 @@ def tiny_config() -> SamConfig:
     )
 
 
+def config_for_type(model_type: str) -> SamConfig:
+    """The architecture named "vit_b", "vit_l", "vit_h" (SAM_CONFIGS) or "tiny" (`tiny_config`)."""
+    if model_type == "tiny":
+        return tiny_config()
+    if model_type not in SAM_CONFIGS:
+        raise ValueError(f"unknown SAM model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+    return SAM_CONFIGS[model_type]
+
+
+MODEL_TYPES = (*SAM_CONFIGS, "tiny")  # the names `config_for_type` knows
 CUSTOM = "custom"
 
 

@@ -1,8 +1,11 @@
-"""RefSAM training loss (spec §5.3): Dice + sigmoid focal per frame, 1:1, averaged over the B x T masks.
+"""Segmentation losses: RefSAM's (spec §5.3) and SAM's.
 
-Logits are upsampled bilinearly to the padded model input size S and compared with the ground truth only
-inside the valid (h, w) region of each frame (the SAM-resized image before padding), which matches the
-official code's loss on logits cropped to the augmented image size.
+RefSAM: Dice + sigmoid focal per frame, 1:1, averaged over the B x T masks. Logits are upsampled bilinearly to
+the padded model input size S and compared with the ground truth only inside the valid (h, w) region of each
+frame (the SAM-resized image before padding), which matches the official code's loss on logits cropped to the
+augmented image size.
+
+SAM (`sam_loss`): 20 focal + 1 Dice on the best of the candidate masks, plus the MSE of the predicted IoUs.
 """
 
 from typing import Dict, Tuple
@@ -65,3 +68,45 @@ def refsam_loss(low_res_logits: jax.Array, masks: jax.Array, image_size: jax.Arr
     focal = sigmoid_focal_loss(logits, masks, weights, focal_alpha, focal_gamma)
     loss = jnp.mean(dice_weight * dice + focal_weight * focal)
     return loss, {"dice": jnp.mean(dice), "focal": jnp.mean(focal)}
+
+
+def mask_iou(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+    """IoU of the masks `logits > 0` with the {0, 1} `targets` inside `weights`, over the last two axes (1 when
+    both are empty)."""
+    predicted = (logits > 0).astype(jnp.float32) * weights
+    targets = targets * weights
+    intersection = jnp.sum(predicted * targets, axis=(-2, -1))
+    union = jnp.sum(jnp.maximum(predicted, targets), axis=(-2, -1))
+    return jnp.where(union > 0, intersection / jnp.maximum(union, 1.0), 1.0)
+
+
+def sam_loss(logits: jax.Array, iou_pred: jax.Array, targets: jax.Array, weights: jax.Array, *,
+             focal_weight: float = 20.0, dice_weight: float = 1.0, iou_weight: float = 1.0, focal_alpha: float = 0.25,
+             focal_gamma: float = 2.0) -> Tuple[jax.Array, Dict[str, jax.Array], jax.Array]:
+    """SAM's loss of each target over its M candidate masks (the SAM paper, §3 and appendix A).
+
+    The candidate with the lowest `focal_weight * focal + dice_weight * dice` is the only one whose mask is
+    trained (an ambiguous prompt may mean any of them); every candidate's predicted IoU regresses to the IoU of
+    its mask (`logits > 0`) with the target, weighted by `iou_weight` (mean squared error).
+
+    Args:
+      logits: `[N, M, h, w]` mask logits; iou_pred: `[N, M]` predicted IoUs.
+      targets: `[N, h, w]` {0, 1} masks; weights: `[N, h, w]`, 1 where pixels count (the image, not padding).
+    Returns:
+      the loss of each target `[N]`, its parts `{name: [N]}` (focal, dice, iou_mse, and iou: the actual IoU of the
+      chosen candidate) and the chosen candidate's index `[N]`.
+    """
+    logits = logits.astype(jnp.float32)
+    targets, weights = targets[:, None].astype(jnp.float32), weights[:, None].astype(jnp.float32)
+    focal = sigmoid_focal_loss(logits, targets, weights, focal_alpha, focal_gamma)  # [N, M]
+    dice = dice_loss(logits, targets, weights)
+    mask_loss = focal_weight * focal + dice_weight * dice
+    best = jnp.argmin(jax.lax.stop_gradient(mask_loss), axis=1)
+
+    def chosen(x):
+        return jnp.take_along_axis(x, best[:, None], axis=1)[:, 0]
+
+    iou = jax.lax.stop_gradient(mask_iou(logits, targets, weights))
+    iou_mse = jnp.mean(jnp.square(iou_pred.astype(jnp.float32) - iou), axis=1)
+    loss = chosen(mask_loss) + iou_weight * iou_mse
+    return loss, {"focal": chosen(focal), "dice": chosen(dice), "iou_mse": iou_mse, "iou": chosen(iou)}, best
