@@ -374,7 +374,7 @@ def parse_args(argv=None):
     parser.add_argument("--train_frames", type=int, default=3, help="frames per clip (configs/refytvos.py: 3)")
     parser.add_argument("--train_dtype", default="bfloat16", choices=("float32", "bfloat16"), help="compute_dtype")
     parser.add_argument("--text_width", type=int, default=1024, help="text feature width C_t (T5-3B: 1024)")
-    parser.add_argument("--text_length", type=int, default=20, help="tokens per expression L (the recipe's)")
+    parser.add_argument("--text_length", type=int, default=32, help="tokens per expression L (the recipe's)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure, after one warm-up")
     parser.add_argument("--peak_tflops", type=float, default=0.0,
                         help="peak TFLOP/s for the MFU (0: from the device kind, for --train_dtype)")
