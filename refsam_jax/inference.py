@@ -58,7 +58,6 @@ from refsam_jax.trees import named_dtype
 from refsam_jax.visualize import ffmpeg_subprocess
 
 DEFAULT_THRESHOLD = 0.0
-
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -183,7 +182,7 @@ def _encode_chunk(graphdef: nnx.GraphDef, state: nnx.State, frames: jax.Array, c
 def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, embedding: jax.Array, interm: Sequence[jax.Array],
                   valid: jax.Array, text_features: jax.Array, text_mask: jax.Array, track_state):
     """Decodes T frames for E expressions, carrying the track: embeddings `[T, g, g, C]`, valid `[T]` bool,
-    text `[E, L, C_t]`, `[E, L]` -> (float32 low-res logits `[T, E, 4g, 4g]`, track state)."""
+    text `[E, L, C_t]`, `[E, L]` -> (low-res logits `[T, E, 4g, 4g]`, track state)."""
     model = nnx.merge(graphdef, state)
     words, sentence = model.prompts(text_features, text_mask)
     num_expressions = text_features.shape[0]
@@ -196,11 +195,11 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, embedding: jax.Array
         logits, new_track = model.decode_frame(per_expression(frame_embedding),
                                                [per_expression(x) for x in frame_interm],
                                                words, sentence, text_mask, track)
-        track = jax.tree.map(lambda new, old: jnp.where(is_valid, new, old).astype(old.dtype), new_track, track)
+        track = jax.tree.map(lambda new, old: jnp.where(is_valid, new, old), new_track, track)
         return track, logits
 
     track_state, logits = jax.lax.scan(step, track_state, (embedding, list(interm), valid))
-    return logits.astype(jnp.float32), track_state
+    return logits, track_state
 
 
 # Module-level so that models of one architecture (e.g. untrained and trained) share the compiled programs.

@@ -47,10 +47,9 @@ def _my_videos(name: str, data_dir: str, split: str, desc: str, *, manual_dir=No
     """(video id, its items) of this process's share of the split (`iterate_eval_videos` limits), with a
     progress bar on process 0. With `manual_dir`, process 0 builds the dataset first if needed."""
     if manual_dir is not None:
-        if jax.process_index() == 0:
-            builders.build(name, manual_dir, data_dir, config=builder_config)
-        processes.barrier(f"{name} built", timeout_s=24 * 3600)
-    items = iterate_eval_videos(name, data_dir, split, manual_dir=manual_dir, builder_config=builder_config,
+        processes.process_zero_first(lambda: builders.build(name, manual_dir, data_dir, config=builder_config),
+                                     f"{name} built", timeout_s=24 * 3600)
+    items = iterate_eval_videos(name, data_dir, split, builder_config=builder_config,
                                 shard_index=jax.process_index(), shard_count=jax.process_count(), **limits)
     return tqdm.tqdm(video_groups(items), unit="video", desc=desc, file=sys.stderr,
                      disable=not progress or jax.process_index() > 0)
