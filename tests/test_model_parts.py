@@ -10,9 +10,11 @@ import torch
 from flax import nnx
 
 from refsam_jax.model import config as model_config
+from refsam_jax.model import groups
 from refsam_jax.model.adapters import Adapter, LoRALinear
 from refsam_jax.model.cross_modal_mlp import CrossModalMLP, text_prompts
 from refsam_jax.model.dense_attention import DenseAttention, HierarchicalDenseAttention
+from refsam_jax.model.refsam import build_refsam
 from refsam_jax.model.tracking import QueryInteractionModule
 from refsam_jax.porting.torch_to_nnx import load_torch_state_dict
 from refsam_jax.text import masked_mean
@@ -100,14 +102,17 @@ def test_dense_attention_matches_spec():
         np.testing.assert_allclose(got[b], expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("projection,fusion", [("concat", "weighted"), ("per_level", "conv")])
-def test_hda_matches_reconstruction(projection, fusion):
+@pytest.mark.parametrize("projection,fusion,dense_conv,level_norm", [
+    ("concat", "weighted", "separate", False), ("per_level", "conv", "separate", False),
+    ("concat", "weighted", "shared", True)])
+def test_hda_matches_reconstruction(projection, fusion, dense_conv, level_norm):
     rng = np.random.default_rng(1)
     dim, interm_dim, levels, num_tokens = 16, 24, 3, 4
     hda = HierarchicalDenseAttention(dim, interm_dim, levels, projection=projection, fusion=fusion,
-                                     temperature="learned", rngs=nnx.Rngs(0))
+                                     temperature="learned", dense_conv=dense_conv, level_norm=level_norm,
+                                     rngs=nnx.Rngs(0))
     image = unit(rng.normal(size=(1, 4, 4, dim))).astype(np.float32)
-    interm = [rng.normal(size=(1, 4, 4, interm_dim)).astype(np.float32) for _ in range(levels)]
+    interm = [(3 + 2 * rng.normal(size=(1, 4, 4, interm_dim))).astype(np.float32) for _ in range(levels)]
     tokens = unit(rng.normal(size=(1, num_tokens, dim))).astype(np.float32)
     mask = jnp.ones((1, num_tokens), bool)
     with jax.default_matmul_precision("highest"):
@@ -122,12 +127,15 @@ def test_hda_matches_reconstruction(projection, fusion):
         return conv(module, np.concatenate([feature, attn @ tokens[0]], axis=-1))
 
     scale = 1 / np.sqrt(dim)
+    levels_in = [i[0] for i in interm]
+    if level_norm:  # LayerNorm at its init (scale 1, bias 0)
+        levels_in = [(x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6) for x in levels_in]
     if projection == "concat":
-        projected = conv(hda.fpn_conv, np.concatenate([i[0] for i in interm], axis=-1))
+        projected = conv(hda.fpn_conv, np.concatenate(levels_in, axis=-1))
     else:
-        projected = sum(conv(c, i[0]) for c, i in zip(hda.fpn_conv, interm))
+        projected = sum(conv(c, x) for c, x in zip(hda.fpn_conv, levels_in))
     d1 = da(image[0], hda.dense_conv, scale)
-    d2 = da(unit(projected), hda.dense_conv2, scale)
+    d2 = da(unit(projected), hda.dense_conv if dense_conv == "shared" else hda.dense_conv2, scale)
     if fusion == "weighted":
         expected = 0.5 * d1 + 0.5 * d2
     else:
@@ -172,6 +180,7 @@ def test_default_config_is_valid():
     ("dense.mode", "hdaa", "dense.mode='hdaa' is not one of 'none', 'origin', 'da', 'hda'"),
     ("adapter.placement", "some", "adapter.placement='some'"),
     ("hda.fusion", "sum", "hda.fusion='sum'"),
+    ("hda.dense_conv", "both", "hda.dense_conv='both' is not one of 'separate', 'shared'"),
     ("sam.model_type", "vit_x", "sam.model_type='vit_x'"),
     ("lora.rank", -1, "lora.rank=-1 must be a non-negative integer"),
     ("text.width", 0, "text.width=0 must be a positive integer"),
@@ -199,3 +208,63 @@ def test_parameter_counts_match_spec():
     pair = count(lambda: Adapter(768, rngs=nnx.Rngs(0))) + count(lambda: Adapter(768, skip_connect=False,
                                                                                 rngs=nnx.Rngs(0)))
     assert pair == 768 ** 2 + 2.5 * 768 == 591_744
+
+
+def test_hda_variants_parameters():
+    """ViT-B widths: two 512 -> 256 convs, fpn_conv 3 x 768 -> 256 and w; "shared" drops dense_conv2,
+    level_norm adds a LayerNorm (scale, bias) per level."""
+
+    def shapes(**variant):
+        hda = nnx.eval_shape(lambda: HierarchicalDenseAttention(256, 768, 3, rngs=nnx.Rngs(0), **variant))
+        return {".".join(map(str, path)): v.shape for path, v in nnx.to_flat_state(nnx.state(hda, nnx.Param))}
+
+    def count(found):
+        return sum(int(np.prod(shape)) for shape in found.values())
+
+    separate, shared, normed = shapes(), shapes(dense_conv="shared"), shapes(level_norm=True)
+    assert count(separate) == 2 * 131_328 + 3 * 768 * 256 + 256 + 1 == 852_737
+    assert set(separate) - set(shared) == {"dense_conv2.kernel", "dense_conv2.bias"}
+    assert count(shared) == 852_737 - 131_328
+    assert set(normed) - set(separate) == {f"level_norms.{k}.{p}" for k in range(3) for p in ("scale", "bias")}
+    assert count(normed) == 852_737 + 3 * 2 * 768
+    with pytest.raises(ValueError, match="hda.dense_conv 'both'"):
+        HierarchicalDenseAttention(16, 24, 3, dense_conv="both", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("variant", [{"hda.dense_conv": "shared"}, {"hda.level_norm": True}])
+def test_hda_variants_are_trained(variant):
+    """The paper's rules put every HDA parameter of the variant in `dense` (abstract tiny RefSAM), and each
+    gets a gradient and a step lowers a loss (HDA alone)."""
+    config = model_config.default_model_config()
+    config.sam.model_type = "tiny"
+    for key, value in variant.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    refsam = nnx.eval_shape(lambda: build_refsam(config, seed=0))
+    found = groups.param_groups(refsam, groups.trainable_rules(config))
+    dense = sorted(path for path in found if path.startswith("dense."))
+    assert dense and all(found[path] == "dense" for path in dense)
+    assert any("level_norms" in path for path in dense) == config.hda.level_norm
+    assert any("dense_conv2" in path for path in dense) == (config.hda.dense_conv == "separate")
+
+    rng = np.random.default_rng(0)
+    hda = HierarchicalDenseAttention(16, 24, 3, dense_conv=config.hda.dense_conv, level_norm=config.hda.level_norm,
+                                     rngs=nnx.Rngs(0))
+    image = jnp.asarray(unit(rng.normal(size=(2, 4, 4, 16))), jnp.float32)
+    interm = [jnp.asarray(rng.normal(size=(2, 4, 4, 24)), jnp.float32) for _ in range(3)]
+    tokens = jnp.asarray(unit(rng.normal(size=(2, 5, 16))), jnp.float32)
+    target = jnp.asarray(rng.normal(size=(2, 4, 4, 16)), jnp.float32)
+    graphdef, params = nnx.split(hda, nnx.Param)
+
+    @jax.jit
+    def loss_and_grads(params):
+        def loss_fn(params):
+            out = nnx.merge(graphdef, params)(image, tokens, jnp.ones((2, 5), bool), interm)
+            return jnp.mean((out - target) ** 2)
+        return jax.value_and_grad(loss_fn)(params)
+
+    loss, grads = loss_and_grads(params)
+    norms = {".".join(map(str, path)): float(jnp.abs(g[...]).max()) for path, g in nnx.to_flat_state(grads)}
+    assert all(norm > 0 for norm in norms.values()), norms
+    stepped = jax.tree.map(lambda p, g: p - 1e-2 * g, params, grads)
+    assert float(loss_and_grads(stepped)[0]) < float(loss)

@@ -19,6 +19,7 @@ CHOICES = {
     "dense.tokens": ("words", "sentence", "both"),
     "hda.fusion": ("weighted", "conv"),
     "hda.projection": ("concat", "per_level"),
+    "hda.dense_conv": ("separate", "shared"),
 }
 
 
@@ -64,6 +65,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     config.hda = ml_collections.ConfigDict()
     config.hda.fusion = "weighted"  # w * DA(F^) + (1 - w) * DA(P), w learnable, init 0.5 | "conv": 1x1 on concat
     config.hda.projection = "concat"  # fpn_conv 1x1 on concat of the levels (3D -> 256) | "per_level" (sum)
+    # DA on the levels: its own dense_conv2 (the official inference scripts load one) | "shared": dense_conv,
+    # as the official `--multi_scale` fragment reuses it
+    config.hda.dense_conv = "separate"
+    config.hda.level_norm = False  # a LayerNorm per level on the ViT features before the projection
 
     # The decoder gets the per-pixel L2-normalised SAM embedding (official code) instead of SAM's raw one.
     config.normalize_image_embedding = True
@@ -107,7 +112,8 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= _get(config, "mlp.dropout") < 1.0:
         raise ValueError(f"model config mlp.dropout={config.mlp.dropout!r} must lie in [0, 1)")
     for key in ("text_attention_mask", "adapter.zero_init", "adapter.remat", "normalize_image_embedding",
-                "sparse.use_words", "tracking.enabled", "tracking.token_mlp", "tracking.qim_previous"):
+                "sparse.use_words", "hda.level_norm", "tracking.enabled", "tracking.token_mlp",
+                "tracking.qim_previous"):
         value = _get(config, key)
         if not isinstance(value, bool):
             raise ValueError(f"model config {key}={value!r} must be True or False")

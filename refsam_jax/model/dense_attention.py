@@ -14,15 +14,20 @@ HDA (paper v3) was not released; the official code only holds fragments (a `--mu
 learnable w = 0.5, and the names `fpn_conv` / `dense_conv2` loaded by the inference scripts; spec §3.7).
 Our reconstruction (GUESS, every choice a config switch):
 
-    P     = l2n(fpn_conv(I_1..I_K))     I_k: pre-neck outputs of the global blocks except the last [B, g, g, D]
+    P     = l2n(fpn_conv(N_1(I_1)..N_K(I_K)))   I_k: pre-neck outputs of the global blocks except the last
+                                        [B, g, g, D]; N_k: a LayerNorm per level (`level_norm`) or identity
                                         "concat":    one 1x1 conv on the concatenation (K*D -> C)
                                         "per_level": one 1x1 conv per level (D -> C), summed
     D1    = DA(F^, T; dense_conv)
-    D2    = DA(P,  T; dense_conv2)
+    D2    = DA(P,  T; dense_conv2)      "separate": its own conv and temperature (the names the official
+                                        inference scripts load) | "shared": DA(P, T; dense_conv), the
+                                        official `--multi_scale` fragment, which reuses `dense_conv`
     Dense = w * D1 + (1 - w) * D2       "weighted": w = `multi_scale_weight`, learnable, init 0.5
           | multi_scale_conv([D1; D2])  "conv":     1x1 conv 2C -> C (the official commented-out "method1")
 
 P is L2-normalised like F^ so both attentions see unit vectors and share the same temperature semantics.
+The levels are raw ViT activations whose scale grows with depth; `level_norm` puts them on one scale before
+they are fused into P.
 """
 
 import math
@@ -33,6 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from refsam_jax.model.cross_modal_mlp import l2_normalize
+from refsam_jax.sam.common import layer_norm
 
 
 def conv1x1(in_dim: int, out_dim: int, rngs: nnx.Rngs) -> nnx.Conv:
@@ -87,15 +93,20 @@ class HierarchicalDenseAttention(nnx.Module):
     """HDA (our reconstruction, see the module docstring): DA on F^ and on projected intermediate features."""
 
     def __init__(self, dim: int, interm_dim: int, num_levels: int, *, projection: str = "concat",
-                 fusion: str = "weighted", temperature: str = "fixed", rngs: nnx.Rngs):
+                 fusion: str = "weighted", temperature: str = "fixed", dense_conv: str = "separate",
+                 level_norm: bool = False, rngs: nnx.Rngs):
         if num_levels < 1:
             raise ValueError("HierarchicalDenseAttention needs at least one intermediate level; the SAM config "
                              "has fewer than two global-attention blocks")
+        if dense_conv not in ("separate", "shared"):
+            raise ValueError(f"hda.dense_conv {dense_conv!r} is not one of 'separate', 'shared'")
         self.num_levels = num_levels
         self.projection = projection
         self.fusion = fusion
         self.dense_conv = conv1x1(2 * dim, dim, rngs)
-        self.dense_conv2 = conv1x1(2 * dim, dim, rngs)
+        self.dense_conv2 = conv1x1(2 * dim, dim, rngs) if dense_conv == "separate" else None
+        self.level_norms = (nnx.List([layer_norm(interm_dim, 1e-6, rngs) for _ in range(num_levels)])
+                            if level_norm else None)
         if projection == "concat":
             self.fpn_conv = conv1x1(num_levels * interm_dim, dim, rngs)
         elif projection == "per_level":
@@ -109,12 +120,15 @@ class HierarchicalDenseAttention(nnx.Module):
         else:
             raise ValueError(f"hda.fusion {fusion!r} is not one of 'weighted', 'conv'")
         self.scale = _Scale(dim, temperature)
-        self.scale2 = _Scale(dim, temperature)
+        self.scale2 = _Scale(dim, temperature) if dense_conv == "separate" else None
 
     def project(self, interm: Sequence[jax.Array]) -> jax.Array:
         """`K x [B, g, g, D] -> P [B, g, g, C]`, L2-normalised per pixel."""
         if interm is None or len(interm) != self.num_levels:
-            raise ValueError(f"HDA expects {self.num_levels} intermediate feature maps, got {0 if interm is None else len(interm)}")
+            raise ValueError(f"HDA expects {self.num_levels} intermediate feature maps, "
+                             f"got {0 if interm is None else len(interm)}")
+        if self.level_norms is not None:
+            interm = [norm(level) for norm, level in zip(self.level_norms, interm)]
         if self.projection == "concat":
             projected = self.fpn_conv(jnp.concatenate(list(interm), axis=-1))
         else:
@@ -127,8 +141,8 @@ class HierarchicalDenseAttention(nnx.Module):
         final = self.dense_conv(jnp.concatenate(
             [image, attend_text(image, tokens, token_mask, self.scale())], axis=-1))
         levels = self.project(interm)
-        hierarchical = self.dense_conv2(jnp.concatenate(
-            [levels, attend_text(levels, tokens, token_mask, self.scale2())], axis=-1))
+        conv, scale = (self.dense_conv, self.scale) if self.dense_conv2 is None else (self.dense_conv2, self.scale2)
+        hierarchical = conv(jnp.concatenate([levels, attend_text(levels, tokens, token_mask, scale())], axis=-1))
         if self.fusion == "weighted":
             w = self.multi_scale_weight[...]
             return w * final + (1.0 - w) * hierarchical

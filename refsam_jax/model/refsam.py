@@ -93,7 +93,7 @@ class RefSAM(nnx.Module):
             self.dense = HierarchicalDenseAttention(
                 dim, sam_config.encoder_embed_dim, len(sam_config.encoder_global_attn_indexes) - 1,
                 projection=config.hda.projection, fusion=config.hda.fusion, temperature=config.dense.temperature,
-                rngs=rngs)
+                dense_conv=config.hda.dense_conv, level_norm=config.hda.level_norm, rngs=rngs)
         else:
             self.dense = None
         self.tracking = (ImplicitTrackingModule(dim, token_mlp=config.tracking.token_mlp,
