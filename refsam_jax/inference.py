@@ -6,9 +6,9 @@
 
 Protocol (REFSAM_SPEC.md §6.1, with the fixes of §9.5 and §9.11):
 - Each sentence is cleaned (`clean_caption`, as in training) and run through the frozen text encoder once.
-- Frames are resized with PIL so the longest side is the model size S (SAM's ResizeLongestSide; the
-  official scripts first shrink to a 360-pixel short side, spec §9.13: we do not), then normalised and
-  zero-padded to S x S on the device.
+- Frames are resized with PIL so the longest side is the model size S (SAM's ResizeLongestSide), then
+  normalised and zero-padded to S x S on the device. The official scripts first resize to a 360-pixel
+  short side (spec §6.1, §9.13): `short_side=360` (config `eval.short_side`) does that too.
 - Frames go through the model in chunks of `chunk_size`; the last chunk is padded with blank frames
   whose outputs are dropped and which do not advance the track. Every compiled program has static
   shapes independent of the video's length and size, except the final resize to the original size
@@ -52,6 +52,7 @@ from refsam_jax.sam.transforms import (
     normalize,
     postprocess_matrices,
     resize_longest_side,
+    resize_shortest_side,
 )
 from refsam_jax.text import clean_caption, load_text_encoder
 from refsam_jax.trees import named_dtype
@@ -234,12 +235,16 @@ class VideoSegmenter:
       chunk_size: frames per model call (static), rounded up to a multiple of the device count.
       expression_batch: expressions decoded together (static).
       devices: the devices to run on.
+      short_side: 0, or the side frames are first resized to (their shortest side; the official 360).
     """
 
     def __init__(self, model: RefSAM, text_encoder, *, chunk_size: int = 8, expression_batch: int = 4,
-                 devices: Optional[Sequence[jax.Device]] = None):
+                 devices: Optional[Sequence[jax.Device]] = None, short_side: int = 0):
         if chunk_size < 1 or expression_batch < 1:
             raise ValueError(f"chunk_size and expression_batch must be >= 1, got {chunk_size}, {expression_batch}")
+        if not isinstance(short_side, int) or short_side < 0:
+            raise ValueError(f"short_side must be a non-negative integer (0: off), got {short_side!r}")
+        self.short_side = short_side
         if text_encoder.width != model.text_width:
             raise ValueError(f"the text encoder at {text_encoder.source} has width {text_encoder.width} but the "
                              f"model was built for text.width={model.text_width}")
@@ -287,6 +292,8 @@ class VideoSegmenter:
             elif frame.shape[:2] != original_size:
                 raise VideoInputError(f"frame {first_index + i} is {frame.shape[1]}x{frame.shape[0]} (WxH) but the "
                                       f"video's first frame is {original_size[1]}x{original_size[0]}")
+            if self.short_side:
+                frame = resize_shortest_side(frame, self.short_side)
             resized = resize_longest_side(frame, self.image_size)
             batch[i, :resized.shape[0], :resized.shape[1]] = resized
             content = resized.shape[:2]

@@ -12,7 +12,7 @@ machine. A workdir loads as `predict` and `evaluate` load it (its config.json na
 
 import json
 import os
-from typing import Iterator, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
@@ -67,14 +67,19 @@ class Segmenter:
     Masks are `logits > threshold` (default `inference.DEFAULT_THRESHOLD`, sigmoid > 0.5), at the frames' size.
     `devices` (default: every local device) share each chunk of frames (`inference.VideoSegmenter`). The
     predict and evaluate commands, and the evaluation during training, all segment through this class.
+    `short_side`: frames first resized to this shortest side (0: off); None takes the run's
+    `config.eval.short_side`, so a model trained for the official protocol is run with it.
     """
 
     def __init__(self, loaded: inference.LoadedModel, *, threshold: float = inference.DEFAULT_THRESHOLD,
-                 chunk_size: int = 8, expression_batch: int = 4, devices=None):
+                 chunk_size: int = 8, expression_batch: int = 4, devices=None, short_side: Optional[int] = None):
         self.loaded = loaded
         self.threshold = float(threshold)
+        if short_side is None:
+            short_side = int(loaded.config.get("eval", {}).get("short_side", 0))
         self.runner = inference.VideoSegmenter(loaded.model, loaded.text_encoder, chunk_size=chunk_size,
-                                               expression_batch=expression_batch, devices=devices)
+                                               expression_batch=expression_batch, devices=devices,
+                                               short_side=short_side)
 
     def stream(self, video: Video, sentences: Sequence[str]) -> Iterator[Tuple[int, np.ndarray]]:
         """`(t, logits float32 [N, H, W])` frame by frame (constant memory in the video's length)."""

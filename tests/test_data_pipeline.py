@@ -163,6 +163,34 @@ def test_colour_jitter_and_crop_are_shared_by_the_clip(data_dir, tokenizer):
     assert any(not np.array_equal(batch["frames"][b, 1], batch["frames"][b, 0]) for b in range(4))
 
 
+def test_max_crop_size_resizes_through_the_reference_size():
+    """data.max_crop_size: crop -> drawn (h, w) shrunk to <= max_crop_size -> model size, images and masks."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (100, 150, 3), dtype=np.uint8) for _ in range(2)]
+    masks = rng.random((2, 100, 150)) < 0.5
+    aug = augment.ClipAugment(flip=True, crops=((10, 20, 80, 90),) * 2, aspect_hw=(40, 30), colour_ops=((), ()))
+    out, out_masks, size = augment.resize_clip(frames, masks, SIZE, aug, max_size=32)
+    assert size == (64, 48) and out[0].shape == (64, 48, 3) and out_masks.shape == (2, 64, 48)
+    for t in range(2):
+        image = Image.fromarray(np.ascontiguousarray(frames[t][10:90, 20:110, :][:, ::-1]))
+        mask = Image.fromarray(np.ascontiguousarray(masks[t, 10:90, 20:110][:, ::-1]).astype(np.uint8))
+        expected = image.resize((24, 32), Image.BILINEAR).resize((48, 64), Image.BILINEAR)
+        np.testing.assert_array_equal(out[t], np.asarray(expected))
+        expected_mask = mask.resize((24, 32), Image.NEAREST).resize((48, 64), Image.NEAREST)
+        np.testing.assert_array_equal(out_masks[t], np.asarray(expected_mask).astype(bool))
+    direct, _, direct_size = augment.resize_clip(frames, masks, SIZE, aug)  # 0: one resize, 80 x 90 -> 64 x 48
+    assert direct_size == size and not np.array_equal(direct[0], out[0])
+    np.testing.assert_array_equal(direct[0], np.asarray(
+        Image.fromarray(np.ascontiguousarray(frames[0][10:90, 20:110][:, ::-1])).resize((48, 64), Image.BILINEAR)))
+
+
+def test_max_crop_size_reaches_the_pipeline(data_dir, tokenizer):
+    (plain,), _ = _take(_config(data_dir, name="ref_youtube_vos"), tokenizer, 1)
+    (small,), _ = _take(_config(data_dir, name="ref_youtube_vos", max_crop_size=16), tokenizer, 1)
+    assert (small["image_size"].max(-1) == SIZE).all()  # up to the model size (rounded from the small size)
+    assert not np.allclose(small["frames"], plain["frames"])
+
+
 # ---- batches ---------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -19,7 +20,13 @@ from refsam_jax.configs.demo import MINILM
 from refsam_jax.evaluation import video as video_eval
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.refsam import build_refsam, encode_text
-from refsam_jax.sam.transforms import PIXEL_MEAN, PIXEL_STD, postprocess_masks, resize_longest_side
+from refsam_jax.sam.transforms import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    postprocess_masks,
+    resize_longest_side,
+    resize_shortest_side,
+)
 from refsam_jax.segmenter import Segmenter
 from refsam_jax.text import TextEncoder, TextTokenizer, build_text_encoder, clean_caption
 
@@ -66,8 +73,9 @@ def random_video(num_frames, height=48, width=80, seed=0):
     return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(num_frames)]
 
 
-def reference_logits(model, text_encoder, frames, sentence):
-    """The whole video in one `model(...)` call (one lax.scan), post-processed: float [T, H0, W0]."""
+def reference_logits(model, text_encoder, frames, sentence, original_size=None):
+    """The whole video in one `model(...)` call (one lax.scan), post-processed: float [T, H0, W0] (H0, W0:
+    `original_size`, default the frames' size)."""
     size = model.sam.config.img_size
     ids, mask = text_encoder.tokenizer([clean_caption(sentence)])
     features, mask = encode_text(text_encoder, jnp.asarray(ids), jnp.asarray(mask), text_attention_mask=True)
@@ -77,7 +85,7 @@ def reference_logits(model, text_encoder, frames, sentence):
     x[0, :, :h, :w] = (resized - np.asarray(PIXEL_MEAN)) / np.asarray(PIXEL_STD)
     graphdef, state = nnx.split(model)
     low_res, _ = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args))(state, jnp.asarray(x), features, mask)
-    return np.asarray(postprocess_masks(low_res[0], (h, w), frames[0].shape[:2], size))
+    return np.asarray(postprocess_masks(low_res[0], (h, w), original_size or frames[0].shape[:2], size))
 
 
 def run(segmenter, frames, sentences):
@@ -93,6 +101,24 @@ def test_chunks_with_carried_track_equal_one_call_over_the_whole_video(model, te
     for e, sentence in enumerate(SENTENCES):
         np.testing.assert_allclose(logits[e], reference_logits(model, text_encoder, frames, sentence),
                                    atol=2e-4, rtol=1e-4)
+
+
+def test_short_side_resizes_frames_first(model, text_encoder, segmenter):
+    """eval.short_side (official: 360): the frames are shrunk to that short side, then SAM-resized; the
+    logits come back at the frames' size."""
+    frames = random_video(4)  # 48 x 80 -> 24 x 40 -> 38 x 64 (48 x 80 alone also goes to 38 x 64)
+    loaded = inference.LoadedModel(model, text_encoder, ml_collections.ConfigDict({"eval": {"short_side": 24}}), 0,
+                                   "test")
+    shrunk = Segmenter(loaded, chunk_size=3, expression_batch=2)
+    assert shrunk.runner.short_side == 24
+    got = run(shrunk.runner, frames, SENTENCES[:1])[0]
+    small = [resize_shortest_side(frame, 24) for frame in frames]
+    assert small[0].shape == (24, 40, 3)
+    expected = reference_logits(model, text_encoder, small, SENTENCES[0], original_size=(48, 80))
+    np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-4)
+    assert np.abs(got - run(segmenter, frames, SENTENCES[:1])[0]).max() > 1e-3
+    with pytest.raises(ValueError, match="short_side must be a non-negative integer"):
+        inference.VideoSegmenter(model, text_encoder, short_side=-1)
 
 
 def test_track_state_crosses_chunk_boundaries(segmenter):

@@ -64,6 +64,8 @@ def faithful(config):
     config.trainable = tuple(rule for rule in groups.trainable_rules(config.model) if rule[1] != "adapter")
     config.data.augment.per_frame = True  # colour jitter and crop offsets drawn per frame
     config.eval.threshold = 0.01  # the Ref-YouTube-VOS script's logit threshold
+    config.data.max_crop_size = 512  # training frames of at most 512 px, then up to SAM's 1024
+    config.eval.short_side = 360  # inference: a 360-px short side, then SAM's resize
     # HDA was not released: the inference scripts load a second dense conv and normalise no ViT level
     config.model.hda.dense_conv = "separate"
     config.model.hda.level_norm = False

@@ -9,7 +9,9 @@ For each clip, one draw of:
             the aspect ratio first becomes (h, w) drawn independently from that list (RefSAM's
             {288..512}² resize); the reference's intermediate down-then-up resize is folded into one
             resize, so the aspect jitter is kept and the detail loss is not. Images bilinear (PIL,
-            antialiased, as SAM's ResizeLongestSide), masks nearest;
+            antialiased, as SAM's ResizeLongestSide), masks nearest. `max_size` (data.max_crop_size)
+            restores the reference's protocol: the crop first goes to that size (at most `max_size` px
+            per side), then up to the model size;
   colour    brightness, contrast, saturation, hue, contrast again, each applied with prob
             `color_jitter_prob`, factors U[1-b, 1+b] (hue: shift U[-hue, hue] of a turn, as a
             rotation of the YIQ chroma plane), as RefSAM's ColorJitter; applied after the resize
@@ -145,18 +147,31 @@ def jitter_colour(frame: np.ndarray, ops: Sequence[Tuple[str, float]], out: Opti
 
 
 def resize_clip(
-    frames: Sequence[np.ndarray], masks: np.ndarray, model_size: int, aug: Optional[ClipAugment] = None
+    frames: Sequence[np.ndarray],
+    masks: np.ndarray,
+    model_size: int,
+    aug: Optional[ClipAugment] = None,
+    max_size: int = 0,
 ) -> Tuple[List[np.ndarray], np.ndarray, Tuple[int, int]]:
     """Crops/flips/resizes a clip to SAM's input shape (no augmentation when `aug` is None).
 
     frames: T uint8 `[H, W, 3]`; masks: bool `[T, H, W]`, or uint8 label maps (nearest resizing keeps the
-    values). Returns T uint8 `[h, w, 3]`, masks `[T, h, w]` of the input dtype and (h, w), the content size
-    before padding (longest side = model_size).
+    values). `max_size` > 0: each crop first goes to the drawn (h, w) (else its own), shrunk to at most
+    `max_size` px per side (images bilinear, masks nearest), and from there to the model size, as the
+    reference trains. Returns T uint8 `[h, w, 3]`, masks `[T, h, w]` of the input dtype and (h, w), the
+    content size before padding (longest side = model_size).
     """
     num_frames, h, w = masks.shape
     crops = aug.crops if aug else ((0, 0, h, w),) * num_frames
     _, _, ch, cw = crops[0]
-    out_h, out_w = get_preprocess_shape(*(aug.aspect_hw if aug and aug.aspect_hw else (ch, cw)), model_size)
+    sizes = [aug.aspect_hw if aug and aug.aspect_hw else (ch, cw)]  # resize steps, (h, w) each
+    if max_size > 0:
+        if max(sizes[0]) > max_size:
+            sizes[0] = get_preprocess_shape(*sizes[0], max_size)
+        sizes.append(get_preprocess_shape(*sizes[0], model_size))
+    else:
+        sizes[0] = get_preprocess_shape(*sizes[0], model_size)
+    out_h, out_w = sizes[-1]
     out_frames, out_masks = [], np.empty([num_frames, out_h, out_w], dtype=masks.dtype)
     for t in range(num_frames):
         top, left, ch, cw = crops[t]
@@ -164,10 +179,11 @@ def resize_clip(
         mask = masks[t, top : top + ch, left : left + cw]
         if aug and aug.flip:
             image, mask = image[:, ::-1], mask[:, ::-1]
-        out_frames.append(
-            np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((out_w, out_h), Image.BILINEAR))
-        )
-        out_masks[t] = np.asarray(
-            Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8)).resize((out_w, out_h), Image.NEAREST)
-        )
+        image = Image.fromarray(np.ascontiguousarray(image))
+        mask = Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8))
+        for size_h, size_w in sizes:
+            image = image.resize((size_w, size_h), Image.BILINEAR)
+            mask = mask.resize((size_w, size_h), Image.NEAREST)
+        out_frames.append(np.asarray(image))
+        out_masks[t] = np.asarray(mask)
     return out_frames, out_masks, (out_h, out_w)

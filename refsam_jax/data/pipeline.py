@@ -13,6 +13,8 @@ Config keys (`config.data.*`; `default_data_config()` returns all of them with t
   num_frames        T, frames per clip (RefCOCO images are repeated T times)
   image_size        S, the model's input side (1024 for SAM, small for tests)
   max_text_length   L, tokens per sentence (padded/truncated, with a mask)
+  max_crop_size     0, or the reference's protocol: frames first shrunk to at most this many px per side
+                    (RefSAM: 512), then resized up to S (augment.resize_clip)
   batch_size        global batch; each of `shard_count` hosts yields batch_size // shard_count
   num_epochs        None: repeat forever
   shuffle           shuffle records (per epoch, seeded)
@@ -80,6 +82,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "num_frames": 3,
             "image_size": 1024,
             "max_text_length": 32,
+            "max_crop_size": 0,
             "batch_size": 2,
             "num_epochs": ml_collections.FieldReference(None, field_type=int),
             "shuffle": True,
@@ -267,7 +270,7 @@ class ClipTransform(grain.transforms.RandomMap):
         frames, masks, sentence, expression, indices = clip(rng, record)
         size = int(self._data.image_size)
         aug = augment_lib.sample_clip_augment(rng, masks, self._data.augment) if self._data.augment.enabled else None
-        frames, masks, (h, w) = augment_lib.resize_clip(frames, masks, size, aug)
+        frames, masks, (h, w) = augment_lib.resize_clip(frames, masks, size, aug, int(self._data.max_crop_size))
         sentence = clean_caption(sentence)
         if aug is not None and aug.flip:
             sentence = augment_lib.swap_left_right(sentence)

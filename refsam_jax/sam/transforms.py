@@ -40,6 +40,19 @@ def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
 
 
+def resize_shortest_side(image: np.ndarray, short_side: int) -> np.ndarray:
+    """uint8 `[H, W, 3]` -> uint8 `[h, w, 3]` with the shortest side `short_side` (up or down), PIL bilinear:
+    torchvision's `Resize(short_side)` as the official RefSAM inference scripts apply it before SAM's resize
+    (longest side `int(short_side * long / short)`)."""
+    image = check_image(image)
+    h, w = image.shape[:2]
+    if min(h, w) == short_side:
+        return image
+    long_side = int(short_side * max(h, w) / min(h, w))
+    new_h, new_w = (short_side, long_side) if h <= w else (long_side, short_side)
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+
+
 def apply_coords(coords: np.ndarray, original_size: Sequence[int], long_side: int) -> np.ndarray:
     """Point coordinates `[..., 2]` (x, y) in the original image -> the resized image."""
     old_h, old_w = original_size
