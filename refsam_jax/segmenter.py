@@ -76,7 +76,8 @@ class Segmenter:
         self.loaded = loaded
         self.threshold = float(threshold)
         if short_side is None:
-            short_side = int(loaded.config.get("eval", {}).get("short_side", 0))
+            evaluation = loaded.config.get("eval", {}) if loaded.config is not None else {}
+            short_side = int(evaluation.get("short_side", 0))
         self.runner = inference.VideoSegmenter(loaded.model, loaded.text_encoder, chunk_size=chunk_size,
                                                expression_batch=expression_batch, devices=devices,
                                                short_side=short_side)
