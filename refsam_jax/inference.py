@@ -6,6 +6,7 @@
 
 Protocol (REFSAM_SPEC.md §6.1, with the fixes of §9.5 and §9.11):
 - Each sentence is cleaned (`clean_caption`, as in training) and run through the frozen text encoder once.
+  With `text.padding="longest"` (the official code's padding) a sentence sees no padding, as when run alone.
 - Frames are resized with PIL so the longest side is the model size S (SAM's ResizeLongestSide), then
   normalised and zero-padded to S x S on the device. The official scripts first resize to a 360-pixel
   short side (spec §6.1, §9.13): `short_side=360` (config `eval.short_side`) does that too.
@@ -277,7 +278,8 @@ class VideoSegmenter:
             padded = group + [group[-1]] * (self.expression_batch - len(group))
             input_ids, attention_mask = self.text_encoder.tokenizer(padded)
             features, mask = encode_text(self.text_encoder, jnp.asarray(input_ids), jnp.asarray(attention_mask),
-                                         text_attention_mask=self.model.text_attention_mask)
+                                         text_attention_mask=self.model.text_attention_mask,
+                                         padding=self.model.text_padding)
             batches.append(ExpressionBatch(*jax.device_put((features, mask), self._expressions), len(group)))
         return batches
 

@@ -31,7 +31,7 @@ from refsam_jax.evaluation.video import evaluate_ytvos_heldout
 from refsam_jax.inference import LoadedModel
 from refsam_jax.model import groups
 from refsam_jax.model.config import default_model_config, validate_model_config
-from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text, sam_config_for
+from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text, sam_config_for, text_padding_mask
 from refsam_jax.param_rules import path_to_str
 from refsam_jax.sam.build import load_sam
 from refsam_jax.segmenter import Segmenter
@@ -48,9 +48,9 @@ def refsam_config() -> ml_collections.ConfigDict:
     Keys beyond the base: task ("refsam"), model (`refsam_jax.model.config.default_model_config`), data
     (`refsam_jax.data.default_data_config`; data.max_text_length is model.text.max_length), text_cache,
     loss.{dice_weight, focal_weight, focal_alpha, focal_gamma}, synthetic.{enabled, num_videos, num_frames,
-    frame_size, seed}, eval.{split, threshold, max_expressions, short_side}. An empty `config.trainable` (the default)
-    means the paper's groups for the modules `config.model` builds, derived at run time (`derive`), so that
-    every `--config.model.*` override and sweep value is honoured.
+    frame_size, seed}, eval.{split, threshold, max_expressions, short_side}. An empty
+    `config.trainable` (the default) means the paper's groups for the modules `config.model` builds, derived
+    at run time (`derive`), so that every `--config.model.*` override and sweep value is honoured.
     """
     config = loop.base_config()
     config.task = "refsam"  # what train.py trains (refsam_jax.sam_task's configs say "sam")
@@ -88,11 +88,13 @@ def _text_encoder_path(config: ml_collections.ConfigDict) -> str:
 
 
 class TextFeatureCache:
-    """(token ids, mask) row -> (features [L, C], mask [L]) of the frozen encoder, filled on first sight."""
+    """(token ids, mask) row -> (features [L, C], mask [L]) of the frozen encoder, filled on first sight. With
+    `padding="longest"` the mask is the one `text_padding_mask` made for the row's batch."""
 
-    def __init__(self, text_encoder: TextEncoder, text_attention_mask: bool):
+    def __init__(self, text_encoder: TextEncoder, text_attention_mask: bool, padding: str = "max_length"):
         self._encoder = text_encoder
         self._text_attention_mask = text_attention_mask
+        self._padding = padding
         self._rows: Dict[bytes, Tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -102,7 +104,7 @@ class TextFeatureCache:
         keys = [ids.tobytes() + mask.tobytes() for ids, mask in zip(input_ids, text_mask)]
         if any(key not in self._rows for key in keys):
             features, mask = encode_text(self._encoder, input_ids, text_mask,
-                                         text_attention_mask=self._text_attention_mask)
+                                         text_attention_mask=self._text_attention_mask, padding=self._padding)
             features, mask = np.asarray(features), np.asarray(mask)
             for i, key in enumerate(keys):
                 self._rows.setdefault(key, (features[i], mask[i]))
@@ -117,7 +119,8 @@ def refsam_loss(config: ml_collections.ConfigDict, model: RefSAM, batch: Mapping
         features, mask = batch["text_features"], batch["text_mask"]
     else:
         features, mask = encode_text(text_encoder, batch["input_ids"], batch["text_mask"],
-                                     text_attention_mask=config.model.text_attention_mask, state=text)
+                                     text_attention_mask=config.model.text_attention_mask,
+                                     padding=config.model.text.padding, state=text)
     dtype = loop.compute_dtype(config)
     logits, _ = model(batch["frames"].astype(dtype), features.astype(dtype), mask)
     return losses.refsam_loss(logits, batch["masks"], batch["image_size"], dice_weight=config.loss.dice_weight,
@@ -190,7 +193,8 @@ class RefSamTask(loop.Task):
         text = self.config.model.text
         self.text_encoder = load_text_encoder(self.text_path, text.max_length, expected_width=text.width)
         if self.config.text_cache:
-            self.text_cache = TextFeatureCache(self.text_encoder, self.config.model.text_attention_mask)
+            self.text_cache = TextFeatureCache(self.text_encoder, self.config.model.text_attention_mask,
+                                               self.config.model.text.padding)
             return {}
         return {"text": self.text_encoder.state}
 
@@ -201,9 +205,14 @@ class RefSamTask(loop.Task):
         self.sentences_read += len(batch["text_truncated"])
         self.sentences_truncated += int(np.sum(batch["text_truncated"]))
         prepared = {key: batch[key] for key in TRAIN_KEYS}
+        # The mask of the padding the model sees; with text.padding="longest", each device's rows are padded to
+        # their longest sentence (the rows of a host go to its devices in equal consecutive blocks).
+        prepared["text_mask"] = np.asarray(text_padding_mask(
+            batch["text_mask"], text_attention_mask=self.config.model.text_attention_mask,
+            padding=self.config.model.text.padding, group_size=len(batch["text_mask"]) // jax.local_device_count()))
         if self.text_cache is not None:
             prepared["text_features"], prepared["text_mask"] = self.text_cache(batch["input_ids"],
-                                                                              batch["text_mask"])
+                                                                              prepared["text_mask"])
         else:
             prepared["input_ids"] = batch["input_ids"]
         return prepared

@@ -181,6 +181,7 @@ def test_default_config_is_valid():
     ("adapter.placement", "some", "adapter.placement='some'"),
     ("hda.fusion", "sum", "hda.fusion='sum'"),
     ("hda.dense_conv", "both", "hda.dense_conv='both' is not one of 'separate', 'shared'"),
+    ("text.padding", "shortest", "text.padding='shortest' is not one of 'max_length', 'longest'"),
     ("sam.model_type", "vit_x", "sam.model_type='vit_x'"),
     ("lora.rank", -1, "lora.rank=-1 must be a non-negative integer"),
     ("text.width", 0, "text.width=0 must be a positive integer"),

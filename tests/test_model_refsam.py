@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from refsam_jax.configs.demo import MINILM
 from refsam_jax.model.adapters import AdapterOptions, adapted_image_encoder
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.groups import GROUP_NAMES, param_groups
-from refsam_jax.model.refsam import build_refsam
+from refsam_jax.model.refsam import build_refsam, encode_text, text_padding_mask
 from refsam_jax.sam.build import SamCheckpointError, build_sam, save_sam
 from refsam_jax.sam.config import tiny_config
+from refsam_jax.text import TextEncoder, TextTokenizer, build_text_encoder
 
 TEXT_WIDTH, TEXT_LENGTH, NUM_FRAMES = 32, 6, 4
 
@@ -209,6 +211,42 @@ def test_padded_text_tokens(text_attention_mask):
     else:  # official: padded tokens are pooled, attended to and used as prompts
         assert diff > 1e-4, diff
     np.testing.assert_allclose(changed[1], base[1], atol=1e-6, rtol=0)  # the other sample is untouched
+
+
+def test_longest_padding_equals_cutting_the_tokens():
+    """text.padding="longest" (text_attention_mask=False): each group of rows (a device's batch) is padded to its
+    longest sentence and that padding is attended to, which equals cutting the group's token arrays there; the
+    padding to the fixed length ("max_length") gives other numbers. A tiny random BERT encodes the ids."""
+    hf_config = {"model_type": "bert", "hidden_size": TEXT_WIDTH, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64, "type_vocab_size": 2,
+                 "pad_token_id": 0, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
+    encoder = TextEncoder(build_text_encoder(hf_config, nnx.Rngs(0)), hf_config, TextTokenizer(MINILM, TEXT_LENGTH),
+                          "tiny-bert")
+    rng = np.random.default_rng(3)
+    lengths = np.array([2, 4, 3, 1])  # groups of 2 rows: padded to 4 and to 3 tokens
+    mask = np.arange(TEXT_LENGTH)[None] < lengths[:, None]
+    ids = np.where(mask, rng.integers(1000, 30000, mask.shape), 0).astype(np.int32)
+    size = tiny_config().img_size
+    frames = jnp.asarray(rng.normal(size=(4, 2, size, size, 3)), jnp.float32)
+    longest = make_model({"text_attention_mask": False, "text.padding": "longest"})
+
+    features, applied = encode_text(encoder, ids, mask, text_attention_mask=False, padding="longest", group_size=2)
+    np.testing.assert_array_equal(applied, np.arange(TEXT_LENGTH)[None] < np.array([4, 4, 3, 3])[:, None])
+    logits, _ = run(longest, frames, features, applied)
+    for rows, cut in ((slice(0, 2), 4), (slice(2, 4), 3)):
+        cut_features, cut_mask = encode_text(encoder, ids[rows, :cut], mask[rows, :cut], text_attention_mask=False)
+        assert cut_mask.all()
+        expected, _ = run(longest, frames[rows], cut_features, cut_mask)
+        np.testing.assert_allclose(logits[rows], expected, atol=1e-6, rtol=0)
+
+    fixed_features, fixed_mask = encode_text(encoder, ids, mask, text_attention_mask=False)
+    assert fixed_mask.all()  # "max_length": every position (the same program as above: its mask is applied)
+    fixed, _ = run(longest, frames, fixed_features, fixed_mask)
+    assert np.abs(np.asarray(fixed) - np.asarray(logits)).max() > 1e-4
+    # One sentence alone (inference) sees no padding: its real tokens, as with the mask on.
+    np.testing.assert_array_equal(text_padding_mask(mask, text_attention_mask=False, padding="longest"), mask)
+    with pytest.raises(ValueError, match="4 sentences do not split into groups of 3"):
+        text_padding_mask(mask, text_attention_mask=False, padding="longest", group_size=3)
 
 
 def test_gradients_reach_every_trainable_group():

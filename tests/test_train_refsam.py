@@ -193,10 +193,12 @@ def test_faithful_preset_trains_and_evaluates(tmp_path):
     assert not faithful.model.text_attention_mask and not faithful.model.adapter.zero_init
     assert faithful.data.augment.per_frame and faithful.eval.threshold == 0.01
     assert faithful.data.max_crop_size == 512 and faithful.eval.short_side == 360
+    assert faithful.model.text.padding == "longest" and faithful.model.hda.dense_conv == "separate"
+    assert not faithful.model.hda.level_norm
     assert "adapter" not in {group for _, group in faithful.trainable}
     config = small_demo_config(**{"model.text_attention_mask": False, "model.adapter.zero_init": False,
                                   "data.augment.per_frame": True, "eval.threshold": 0.01,
-                                  "data.max_crop_size": 32, "eval.short_side": 40,
+                                  "data.max_crop_size": 32, "eval.short_side": 40, "model.text.padding": "longest",
                                   "model.dense.tokens": "sentence", "model.tracking.qim_previous": False})
     with config.unlocked():
         config.trainable, config.frozen_on_purpose = faithful.trainable, faithful.frozen_on_purpose

@@ -58,7 +58,8 @@ def get_config(variant: str = ""):
 
 def faithful(config):
     """The official code's behaviour where ours deviates and a switch exists (docs/deviations.md), in place."""
-    config.model.text_attention_mask = False  # padded tokens pooled, attended to and used as prompts
+    config.model.text_attention_mask = False  # padded tokens pooled, attended to and used as prompts ...
+    config.model.text.padding = "longest"  # ... up to the longest sentence of a device's batch (none alone)
     config.model.adapter.zero_init = False  # adapters start random ...
     config.frozen_on_purpose = r"\.(Space_Adapter|MLP_Adapter)\."  # ... and are never trained
     config.trainable = tuple(rule for rule in groups.trainable_rules(config.model) if rule[1] != "adapter")

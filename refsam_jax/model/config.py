@@ -13,6 +13,7 @@ from refsam_jax.sam.config import MODEL_TYPES
 # key -> allowed values, for every key with a closed set of choices.
 CHOICES = {
     "sam.model_type": MODEL_TYPES,
+    "text.padding": ("max_length", "longest"),
     "adapter.placement": ("none", "half", "all"),
     "dense.mode": ("none", "origin", "da", "hda"),
     "dense.temperature": ("fixed", "learned"),
@@ -35,6 +36,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     config.text.encoder = ""  # converted text-encoder checkpoint or Hugging Face folder (frozen, outside RefSAM)
     config.text.width = 1024  # feature width C_t of that encoder (t5-3b / roberta-large 1024); checked at load
     config.text.max_length = 32  # tokens per expression after padding (static shapes)
+    # With text_attention_mask=False, the padding the text encoder and RefSAM see: all of max_length, or only up
+    # to the longest sentence of the per-device batch ("longest", the official padding=True; none at inference)
+    config.text.padding = "max_length"
 
     # True (fixed): the text encoder gets the attention mask, the sentence feature is a masked mean, padded
     # tokens are masked out of the decoder's attention and of Dense Attention. False (faithful to the official

@@ -19,7 +19,10 @@ chunk by chunk in constant memory.
 Text handling (`text_attention_mask`): True (fixed) masks padded word tokens out of the pooled sentence
 feature, Dense Attention and the decoder's attention; False reproduces the official code, where padding is
 pooled, attended to and used as prompts (the text encoder must then also run without a mask: `encode_text`).
-The frozen text encoder is not part of RefSAM: it takes features.
+How much padding the official code has is `text.padding`: "max_length" (all of the fixed length) or
+"longest" (up to the longest sentence of the per-device batch, as the official `padding=True` per GPU; the
+mask then marks that prefix, made by `text_padding_mask`). The frozen text encoder is not part of RefSAM:
+it takes features.
 """
 
 from typing import Optional, Sequence, Tuple
@@ -46,14 +49,39 @@ def initial_track_state(batch_size: int, dim: int = 256, dtype=jnp.float32) -> T
     return jnp.zeros((batch_size, dim), dtype), jnp.zeros((batch_size,), bool)
 
 
+def text_padding_mask(text_mask: jax.Array, *, text_attention_mask: bool, padding: str = "max_length",
+                      group_size: int = 1) -> jax.Array:
+    """The `[B, L]` mask that RefSAM and its text encoder apply, from the tokenizer's (True on the real
+    tokens, which come first):
+      text_attention_mask=True          the real tokens: padding is masked everywhere (ours);
+      False, padding="max_length"       every position: padding to the fixed length is attended to;
+      False, padding="longest"          the positions before the longest sentence of each group of `group_size`
+                                        consecutive rows, padding included: the official code, which pads each
+                                        per-GPU batch to its longest sentence, and a sentence alone not at all.
+                                        The same numbers as cutting the group's tokens there.
+    """
+    text_mask = jnp.asarray(text_mask, bool)
+    if text_attention_mask:
+        return text_mask
+    if padding == "max_length":
+        return jnp.ones_like(text_mask)
+    if padding != "longest":
+        raise ValueError(f"text.padding {padding!r} is not one of 'max_length', 'longest'")
+    batch, length = text_mask.shape
+    if group_size < 1 or batch % group_size:
+        raise ValueError(f"{batch} sentences do not split into groups of {group_size} (the per-device batch)")
+    longest = jnp.sum(text_mask, axis=-1).reshape(-1, group_size).max(axis=-1)
+    return jnp.arange(length)[None, :] < jnp.repeat(longest, group_size)[:, None]
+
+
 def encode_text(text_encoder, input_ids: jax.Array, attention_mask: jax.Array, *, text_attention_mask: bool,
+                padding: str = "max_length", group_size: int = 1,
                 state: Optional[nnx.State] = None) -> Tuple[jax.Array, jax.Array]:
     """Frozen text features for RefSAM: `(features [B, L, C_t], mask [B, L])` from a `refsam_jax.text`
-    encoder. With `text_attention_mask=False` (official code) the encoder sees no mask and every position,
-    padding included, is returned as valid."""
-    if not text_attention_mask:
-        attention_mask = jnp.ones_like(attention_mask)
-    attention_mask = jnp.asarray(attention_mask, bool)
+    encoder, which runs with the mask `text_padding_mask` makes (see there) and returns it: with
+    `text_attention_mask=False` (official code) every position it marks, padding included, is valid."""
+    attention_mask = text_padding_mask(attention_mask, text_attention_mask=text_attention_mask, padding=padding,
+                                       group_size=group_size)
     return jax.lax.stop_gradient(text_encoder.encode_ids(input_ids, attention_mask, state)), attention_mask
 
 
@@ -80,6 +108,7 @@ class RefSAM(nnx.Module):
         self.dim = dim
         self.text_width = int(text_width)
         self.text_attention_mask = bool(config.text_attention_mask)
+        self.text_padding = str(config.text.padding)
         self.normalize_image_embedding = bool(config.normalize_image_embedding)
         self.use_words = bool(config.sparse.use_words)
         self.dense_mode = str(config.dense.mode)
@@ -101,9 +130,10 @@ class RefSAM(nnx.Module):
                          if config.tracking.enabled else None)
 
     def _text_mask(self, text_mask: jax.Array) -> jax.Array:
-        """The mask actually applied: the given one (fixed) or all True (official, unmasked)."""
+        """The mask actually applied: the given one (fixed, or the official padding to the longest sentence,
+        which `text_padding_mask` made) or all True (official, padded to the fixed length)."""
         text_mask = text_mask.astype(bool)
-        return text_mask if self.text_attention_mask else jnp.ones_like(text_mask)
+        return text_mask if self.text_attention_mask or self.text_padding == "longest" else jnp.ones_like(text_mask)
 
     def initial_track_state(self, batch_size: int) -> TrackState:
         return initial_track_state(batch_size, self.dim)
