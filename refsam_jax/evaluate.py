@@ -14,7 +14,8 @@ Datasets (inference protocol in inference.py; masks are `logit > --threshold`):
                  DATASETS.md §1.6), reported as "local", never as Ref-YTVOS valid.
   davis          Ref-DAVIS17 valid: per expression set, each frame's objects merged into an index PNG (a
                  pixel goes to the object of highest logit above the threshold), scored with the official
-                 unsupervised DAVIS J&F; the number is the mean over the 4 sets (DATASETS.md §2.3).
+                 unsupervised DAVIS J&F; the number is the mean over the 4 sets (DATASETS.md §2.3). With the
+                 config's eval.davis_shared_track, an object's 4 expressions share one track state.
   ytvos_valid    Ref-YouTube-VOS valid: 0/255 PNGs for every expression and frame, zipped for the server.
 Outputs go to `--out` (default `<workdir>/eval/<dataset>/step_<N>`): `predictions/`, `results.json`
 and a per-expression (or per-object) CSV, or `submission.zip`.
@@ -110,8 +111,10 @@ def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, 
             result.write_csv(os.path.join(out_dir, "per_expression.csv"))
         summary.update(result.summary())
     elif dataset == "davis":
+        shared_track = bool(config.get("eval", {}).get("davis_shared_track", False))
+        summary["davis_shared_track"] = shared_track
         result = evaluate_davis(segmenter, data_dir, manual_dir, os.path.join(out_dir, "predictions"),
-                                max_videos=max_videos)
+                                max_videos=max_videos, shared_track=shared_track)
         if jax.process_index() == 0:
             result.write_csv(os.path.join(out_dir, "per_object.csv"))
         summary.update(result.summary())

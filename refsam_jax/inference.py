@@ -15,9 +15,10 @@ Protocol (REFSAM_SPEC.md §6.1, with the fixes of §9.5 and §9.11):
   shapes independent of the video's length and size, except the final resize to the original size
   (compiled once per padded size, `sam.transforms.padded_size`). The image encoder runs once per frame,
   whatever the number of expressions.
-- Each expression has its own track state, carried from chunk to chunk (the official DAVIS script
-  shares one across the 4 expressions of an object, spec §9.5). Expressions are decoded in batches of
-  `expression_batch` (the last batch padded by repeating an expression).
+- Each expression has its own track state, carried from chunk to chunk. The official DAVIS script shares
+  one across the 4 expressions of an object (spec §9.5): `segment(..., chains=...)` does that too.
+  Expressions are decoded in batches of `expression_batch` (the last batch padded by repeating an
+  expression).
 - Low-res logits `[4g, 4g]` are upsampled as SAM does (`postprocess_masks`: bilinear to S, crop the
   content, bilinear to the original size), as one linear map per axis.
 - Precision: the model's own (`load_model(..., dtype="bfloat16")` builds SAM's image encoder with bfloat16
@@ -182,23 +183,33 @@ def _encode_chunk(graphdef: nnx.GraphDef, state: nnx.State, frames: jax.Array, c
 
 
 def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, embedding: jax.Array, interm: Sequence[jax.Array],
-                  valid: jax.Array, text_features: jax.Array, text_mask: jax.Array, track_state):
-    """Decodes T frames for E expressions, carrying the track: embeddings `[T, g, g, C]`, valid `[T]` bool,
-    text `[E, L, C_t]`, `[E, L]` -> (low-res logits `[T, E, 4g, 4g]`, track state)."""
+                  valid: jax.Array, text_features: jax.Array, text_mask: jax.Array, present: jax.Array, track_state):
+    """Decodes T frames for B chains of K expressions, carrying one track per chain: embeddings `[T, g, g, C]`,
+    valid `[T]` bool, text `[K, B, L, C_t]`, `[K, B, L]`, present `[K, B]` bool -> (low-res logits
+    `[T, K, B, 4g, 4g]`, track state). At each frame the chain's expressions are decoded in order, each from
+    the state the previous one left; a padded frame or an absent expression leaves the state as it is."""
     model = nnx.merge(graphdef, state)
-    words, sentence = model.prompts(text_features, text_mask)
-    num_expressions = text_features.shape[0]
+    num_links, num_chains = text_features.shape[:2]
+    words, sentence = model.prompts(text_features.reshape(num_links * num_chains, *text_features.shape[2:]),
+                                    text_mask.reshape(num_links * num_chains, -1))
+    words = words.reshape(num_links, num_chains, *words.shape[1:])
+    sentence = sentence.reshape(num_links, num_chains, -1)
 
-    def per_expression(x):  # [...] -> [E, ...], the same frame for every expression
-        return jnp.broadcast_to(x[None], (num_expressions,) + x.shape)
+    def per_chain(x):  # [...] -> [B, ...], the same frame for every chain
+        return jnp.broadcast_to(x[None], (num_chains,) + x.shape)
 
     def step(track, inputs):
         frame_embedding, frame_interm, is_valid = inputs
-        logits, new_track = model.decode_frame(per_expression(frame_embedding),
-                                               [per_expression(x) for x in frame_interm],
-                                               words, sentence, text_mask, track)
-        track = jax.tree.map(lambda new, old: jnp.where(is_valid, new, old), new_track, track)
-        return track, logits
+        frame_embedding, frame_interm = per_chain(frame_embedding), [per_chain(x) for x in frame_interm]
+        outputs = []
+        for k in range(num_links):
+            logits, new_track = model.decode_frame(frame_embedding, frame_interm, words[k], sentence[k],
+                                                   text_mask[k], track)
+            advance = is_valid & present[k]
+            track = jax.tree.map(lambda new, old: jnp.where(advance.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+                                 new_track, track)
+            outputs.append(logits)
+        return track, jnp.stack(outputs)
 
     track_state, logits = jax.lax.scan(step, track_state, (embedding, list(interm), valid))
     return logits, track_state
@@ -216,11 +227,13 @@ def compiled_programs() -> int:
 
 @dataclasses.dataclass
 class ExpressionBatch:
-    """Text of up to `expression_batch` expressions, padded by repeating the last one."""
+    """Text of up to `expression_batch` chains of K expressions (K = 1: independent expressions); empty slots
+    repeat an expression of the batch and are marked absent."""
 
-    features: jax.Array  # [B, L, C_t]
-    mask: jax.Array  # [B, L] bool
-    count: int  # the real expressions among the B rows
+    features: jax.Array  # [K, B, L, C_t]
+    mask: jax.Array  # [K, B, L] bool
+    present: jax.Array  # [K, B] bool
+    slots: np.ndarray  # [K, B] int: the sentence index in each slot, -1 where absent
 
 
 class VideoSegmenter:
@@ -258,29 +271,40 @@ class VideoSegmenter:
         mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
         self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         self._split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-        self._expressions = self._split if self.expression_batch % len(devices) == 0 else self._replicated
+        split = self.expression_batch % len(devices) == 0
+        self._expressions = self._split if split else self._replicated  # [B, ...]: track states
+        self._chains = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "batch")) if split
+                        else self._replicated)  # [K, B, ...]: text
         self._graphdef, state = nnx.split(model)
         # One sharding (restored checkpoints come with the training mesh's) and no weak types, so every model
         # of one architecture (untrained, trained, ...) shares the compiled programs.
         self._state = jax.device_put(jax.tree.map(_local_copy, state), self._replicated)
 
-    def encode_text(self, sentences: Sequence[str]) -> List[ExpressionBatch]:
-        """Cleans and encodes each sentence once, in batches of `expression_batch`."""
+    def encode_text(self, sentences: Sequence[str],
+                    chains: Optional[Sequence[Sequence[int]]] = None) -> List[ExpressionBatch]:
+        """Cleans and encodes each sentence once; batches of `expression_batch` chains (`segment`)."""
         if isinstance(sentences, str) or not sentences:
             raise ValueError("sentences must be a non-empty list of strings")
         for i, sentence in enumerate(sentences):
             if not isinstance(sentence, str) or not sentence.strip():
                 raise ValueError(f"expression {i} is empty: {sentence!r}")
+        chains = _check_chains(chains, len(sentences))
         cleaned = [clean_caption(s) for s in sentences]
+        links = max(len(chain) for chain in chains)
         batches = []
-        for start in range(0, len(cleaned), self.expression_batch):
-            group = cleaned[start:start + self.expression_batch]
-            padded = group + [group[-1]] * (self.expression_batch - len(group))
-            input_ids, attention_mask = self.text_encoder.tokenizer(padded)
+        for start in range(0, len(chains), self.expression_batch):
+            group = chains[start:start + self.expression_batch]
+            slots = np.full((links, self.expression_batch), -1)
+            for b, chain in enumerate(group):
+                slots[:len(chain), b] = chain
+            filled = np.where(slots >= 0, slots, group[-1][-1])
+            input_ids, attention_mask = self.text_encoder.tokenizer([cleaned[i] for i in filled.ravel()])
             features, mask = encode_text(self.text_encoder, jnp.asarray(input_ids), jnp.asarray(attention_mask),
                                          text_attention_mask=self.model.text_attention_mask,
                                          padding=self.model.text_padding)
-            batches.append(ExpressionBatch(*jax.device_put((features, mask), self._expressions), len(group)))
+            features = features.reshape(slots.shape + features.shape[1:])
+            mask = mask.reshape(slots.shape + mask.shape[1:])
+            batches.append(ExpressionBatch(*jax.device_put((features, mask, slots >= 0), self._chains), slots))
         return batches
 
     def _prepare_chunk(self, frames: Sequence[np.ndarray], first_index: int,
@@ -302,10 +326,16 @@ class VideoSegmenter:
         valid = np.arange(self.chunk_size) < len(frames)
         return batch, valid, content, original_size
 
-    def segment(self, frames: Iterable[np.ndarray], sentences: Sequence[str]) -> Iterator[Tuple[int, np.ndarray]]:
+    def segment(self, frames: Iterable[np.ndarray], sentences: Sequence[str],
+                chains: Optional[Sequence[Sequence[int]]] = None) -> Iterator[Tuple[int, np.ndarray]]:
         """Yields `(t, logits float32 [E, H0, W0])` for every frame t of `frames` (uint8 `[H0, W0, 3]`, all of one
-        size), in order; E = len(sentences). Threshold the logits (e.g. `> DEFAULT_THRESHOLD`) for masks."""
-        text = self.encode_text(sentences)
+        size), in order; E = len(sentences). Threshold the logits (e.g. `> DEFAULT_THRESHOLD`) for masks.
+
+        `chains`: None, each sentence its own track state; or lists of sentence indices (each sentence in one)
+        whose sentences share one track state, as the official Ref-DAVIS script shares an object's: at every
+        frame they are decoded in chain order, each from the state the previous one left (the first from the
+        state the last left at the frame before). `expression_batch` chains are decoded together."""
+        text = self.encode_text(sentences, chains)
         tracks = [jax.device_put(self.model.initial_track_state(self.expression_batch), self._expressions)
                   for _ in text]
         original_size = matrices = None
@@ -322,14 +352,15 @@ class VideoSegmenter:
             outputs = []
             for g, expressions in enumerate(text):
                 low_res, tracks[g] = _decode_jit(self._graphdef, self._state, embedding, interm, valid,
-                                                 expressions.features, expressions.mask, tracks[g])
-                outputs.append((apply_postprocess(low_res, *matrices), expressions.count))
+                                                 expressions.features, expressions.mask, expressions.present,
+                                                 tracks[g])
+                outputs.append((apply_postprocess(low_res, *matrices), expressions.slots))
             if pending is not None:
-                yield from _fetch(*pending)
+                yield from _fetch(*pending, len(sentences))
             pending = (first, len(chunk), original_size, outputs)
         if pending is None:
             raise VideoInputError("the video has no frames")
-        yield from _fetch(*pending)
+        yield from _fetch(*pending, len(sentences))
 
 
 def _local_copy(x):
@@ -355,12 +386,27 @@ def _chunks(frames: Iterable[np.ndarray], size: int) -> Iterator[Tuple[int, List
         yield first, chunk
 
 
-def _fetch(first: int, count: int, size: Tuple[int, int], outputs: Sequence[Tuple[jax.Array, int]]
-           ) -> Iterator[Tuple[int, np.ndarray]]:
-    """Copies a chunk's logits to the host, dropping padded frames, expressions and pixels (outside `size`);
-    yields them per frame."""
-    logits = np.concatenate([np.asarray(x)[:count, :real, :size[0], :size[1]] for x, real in outputs],
-                            axis=1)  # [T, E, H0, W0]
+def _check_chains(chains: Optional[Sequence[Sequence[int]]], count: int) -> List[List[int]]:
+    """The chains of `segment` as lists (None: one per sentence); raises ValueError unless every sentence
+    index in 0..count-1 is in exactly one non-empty chain."""
+    if chains is None:
+        return [[i] for i in range(count)]
+    chains = [[int(i) for i in chain] for chain in chains]
+    if sorted(i for chain in chains for i in chain) != list(range(count)) or not all(chains):
+        raise ValueError(f"chains {chains} must hold every sentence index 0..{count - 1} exactly once, in "
+                         f"non-empty lists")
+    return chains
+
+
+def _fetch(first: int, count: int, size: Tuple[int, int], outputs: Sequence[Tuple[jax.Array, np.ndarray]],
+           num_sentences: int) -> Iterator[Tuple[int, np.ndarray]]:
+    """Copies a chunk's logits `[T, K, B, Hp, Wp]` per batch to the host, dropping padded frames, absent slots
+    and pixels outside `size`; yields them per frame in sentence order."""
+    logits = np.empty((count, num_sentences) + tuple(size), np.float32)
+    for x, slots in outputs:
+        present = np.flatnonzero(slots.ravel() >= 0)
+        x = np.asarray(x)[:count, ..., :size[0], :size[1]]
+        logits[:, slots.ravel()[present]] = x.reshape((count, -1) + x.shape[3:])[:, present]
     for i in range(count):
         yield first + i, logits[i]
 

@@ -82,9 +82,11 @@ class Segmenter:
                                                expression_batch=expression_batch, devices=devices,
                                                short_side=short_side)
 
-    def stream(self, video: Video, sentences: Sequence[str]) -> Iterator[Tuple[int, np.ndarray]]:
-        """`(t, logits float32 [N, H, W])` frame by frame (constant memory in the video's length)."""
-        return self.runner.segment(_frames(video), list(sentences))
+    def stream(self, video: Video, sentences: Sequence[str],
+               chains: Optional[Sequence[Sequence[int]]] = None) -> Iterator[Tuple[int, np.ndarray]]:
+        """`(t, logits float32 [N, H, W])` frame by frame (constant memory in the video's length); `chains`:
+        sentences that share one track state (`inference.VideoSegmenter.segment`)."""
+        return self.runner.segment(_frames(video), list(sentences), chains)
 
     def segment(self, video: Video, sentences: Union[str, Sequence[str]], *,
                 return_logits: bool = False) -> np.ndarray:

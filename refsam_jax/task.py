@@ -48,7 +48,7 @@ def refsam_config() -> ml_collections.ConfigDict:
     Keys beyond the base: task ("refsam"), model (`refsam_jax.model.config.default_model_config`), data
     (`refsam_jax.data.default_data_config`; data.max_text_length is model.text.max_length), text_cache,
     loss.{dice_weight, focal_weight, focal_alpha, focal_gamma}, synthetic.{enabled, num_videos, num_frames,
-    frame_size, seed}, eval.{split, threshold, max_expressions, short_side}. An empty
+    frame_size, seed}, eval.{split, threshold, max_expressions, short_side, davis_shared_track}. An empty
     `config.trainable` (the default) means the paper's groups for the modules `config.model` builds, derived
     at run time (`derive`), so that every `--config.model.*` override and sweep value is honoured.
     """
@@ -65,6 +65,7 @@ def refsam_config() -> ml_collections.ConfigDict:
     config.eval.threshold = 0.0  # logit threshold, i.e. sigmoid > 0.5
     config.eval.max_expressions = 0  # 0 = all
     config.eval.short_side = 0  # inference resizes frames to this shortest side before SAM's resize; 0 = off
+    config.eval.davis_shared_track = False  # Ref-DAVIS17: an object's expressions share one track state
     config.frozen_on_purpose = ""  # regex: parameters RefSAM adds that may stay frozen (the official adapters)
     return config
 

@@ -88,8 +88,8 @@ def reference_logits(model, text_encoder, frames, sentence, original_size=None):
     return np.asarray(postprocess_masks(low_res[0], (h, w), original_size or frames[0].shape[:2], size))
 
 
-def run(segmenter, frames, sentences):
-    outputs = list(segmenter.segment(frames, sentences))
+def run(segmenter, frames, sentences, chains=None):
+    outputs = list(segmenter.segment(frames, sentences, chains))
     assert [t for t, _ in outputs] == list(range(len(frames)))
     return np.stack([logits for _, logits in outputs], axis=1)  # [E, T, H0, W0]
 
@@ -119,6 +119,53 @@ def test_short_side_resizes_frames_first(model, text_encoder, segmenter):
     assert np.abs(got - run(segmenter, frames, SENTENCES[:1])[0]).max() > 1e-3
     with pytest.raises(ValueError, match="short_side must be a non-negative integer"):
         inference.VideoSegmenter(model, text_encoder, short_side=-1)
+
+
+def sequential_logits(model, text_encoder, frames, sentences, chains):
+    """The official Ref-DAVIS loop written out: per frame, per chain, its expressions in order, one decoder call
+    each (batch 1) from the state the previous call of the chain left; post-processed: float [E, T, H0, W0]."""
+    size = model.sam.config.img_size
+    resized = np.stack([resize_longest_side(f, size) for f in frames])
+    h, w = resized.shape[1:3]
+    x = np.zeros((len(frames), size, size, 3), np.float32)
+    x[:, :h, :w] = (resized - np.asarray(PIXEL_MEAN)) / np.asarray(PIXEL_STD)
+    graphdef, state = nnx.split(model)
+    embedding, interm = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode_frames(x))(state, jnp.asarray(x))
+
+    @jax.jit
+    def decode(state, embedding, interm, features, mask, track):
+        model = nnx.merge(graphdef, state)
+        return model.decode_frame(embedding, interm, *model.prompts(features, mask), mask, track)
+
+    text = []
+    for sentence in sentences:
+        ids, mask = text_encoder.tokenizer([clean_caption(sentence)])
+        text.append(encode_text(text_encoder, jnp.asarray(ids), jnp.asarray(mask), text_attention_mask=True))
+    low_res = np.zeros((len(sentences), len(frames), 4 * embedding.shape[1], 4 * embedding.shape[2]), np.float32)
+    for chain in chains:
+        track = model.initial_track_state(1)
+        for t in range(len(frames)):
+            for e in chain:
+                logits, track = decode(state, embedding[t:t + 1], [i[t:t + 1] for i in interm], *text[e], track)
+                low_res[e, t] = logits[0]
+    return np.asarray(postprocess_masks(jnp.asarray(low_res), (h, w), frames[0].shape[:2], size))
+
+
+def test_shared_track_chains_equal_the_official_sequential_loop(model, text_encoder, segmenter):
+    """chains (eval.davis_shared_track): the sentences of a chain share one track state, each decoded at every
+    frame from the state the previous one left, across chunks; a chain of one is an independent expression."""
+    frames = random_video(5)  # Chunks of 3 + 2 (padded); chain [1] has an absent slot.
+    chains = [[2, 0], [1]]
+    shared = run(segmenter, frames, SENTENCES, chains)
+    np.testing.assert_allclose(shared, sequential_logits(model, text_encoder, frames, SENTENCES, chains),
+                               atol=2e-4, rtol=1e-4)
+    independent = run(segmenter, frames, SENTENCES)
+    np.testing.assert_allclose(shared[1], independent[1], atol=2e-5)
+    np.testing.assert_allclose(shared[2, 0], independent[2, 0], atol=2e-5)  # no track yet either way
+    assert np.abs(shared[0, 0] - independent[0, 0]).max() > 1e-3  # sentence 0 starts from sentence 2's track
+    assert np.abs(shared[2, 1:] - independent[2, 1:]).max() > 1e-3  # ... and sentence 2 from sentence 0's
+    with pytest.raises(ValueError, match="must hold every sentence index 0..2 exactly once"):
+        run(segmenter, frames, SENTENCES, [[0, 1], [1, 2]])
 
 
 def test_track_state_crosses_chunk_boundaries(segmenter):
@@ -305,8 +352,10 @@ class Oracle:
     def __init__(self, items, wrong=()):
         self.masks = {(frames_key(item.frames), item.sentence): item.masks for item in items}
         self.wrong = set(wrong)
+        self.chains = []  # the `chains` of every call
 
-    def stream(self, frames, sentences):
+    def stream(self, frames, sentences, chains=None):
+        self.chains.append(chains and [[sentences[e] for e in chain] for chain in chains])
         key = frames_key(frames)
         for t in range(len(frames)):
             masks = [np.roll(self.masks[key, s][t], 6, axis=0) if s in self.wrong else self.masks[key, s][t]
@@ -338,6 +387,21 @@ def test_davis_protocol_scores_the_ground_truth_one(davis, tmp_path):
     scores = video_eval.evaluate_davis(Oracle(items, [wrong.sentence]), str(root / "tfds"), str(root / "raw"),
                                      str(tmp_path / "pred_wrong")).summary()["sets"]
     assert scores["3"]["JF"] < 1.0 and all(scores[a]["JF"] == 1.0 for a in ("0", "1", "2"))
+
+
+def test_davis_shared_track_chains_an_objects_expressions_in_set_order(davis, tmp_path):
+    root, items = davis
+    oracle = Oracle(items)
+    video_eval.evaluate_davis(oracle, str(root / "tfds"), str(root / "raw"), str(tmp_path / "pred"), max_videos=1,
+                              shared_track=True)
+    video = items[0].video_id
+    mine = [item for item in items if item.video_id == video]
+    expected = [[item.sentence for item in sorted((i for i in mine if i.obj_id == obj_id),
+                                                  key=video_eval.davis_expression_set)]
+                for obj_id in sorted({item.obj_id for item in mine})]
+    assert oracle.chains == [expected] and all(len(chain) == 4 for chain in expected)
+    video_eval.evaluate_davis(oracle, str(root / "tfds"), str(root / "raw"), str(tmp_path / "pred2"), max_videos=1)
+    assert oracle.chains[-1] is None
 
 
 @pytest.fixture(scope="module")

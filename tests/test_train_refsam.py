@@ -194,7 +194,7 @@ def test_faithful_preset_trains_and_evaluates(tmp_path):
     assert faithful.data.augment.per_frame and faithful.eval.threshold == 0.01
     assert faithful.data.max_crop_size == 512 and faithful.eval.short_side == 360
     assert faithful.model.text.padding == "longest" and faithful.model.hda.dense_conv == "separate"
-    assert not faithful.model.hda.level_norm
+    assert faithful.eval.davis_shared_track and not faithful.model.hda.level_norm
     assert "adapter" not in {group for _, group in faithful.trainable}
     config = small_demo_config(**{"model.text_attention_mask": False, "model.adapter.zero_init": False,
                                   "data.augment.per_frame": True, "eval.threshold": 0.01,

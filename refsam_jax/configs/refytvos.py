@@ -67,6 +67,7 @@ def faithful(config):
     config.eval.threshold = 0.01  # the Ref-YouTube-VOS script's logit threshold
     config.data.max_crop_size = 512  # training frames of at most 512 px, then up to SAM's 1024
     config.eval.short_side = 360  # inference: a 360-px short side, then SAM's resize
+    config.eval.davis_shared_track = True  # Ref-DAVIS17: one track per object, through its 4 expressions in turn
     # HDA was not released: the inference scripts load a second dense conv and normalise no ViT level
     config.model.hda.dense_conv = "separate"
     config.model.hda.level_norm = False

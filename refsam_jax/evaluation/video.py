@@ -1,7 +1,7 @@
 """Scorers that run a video segmenter over a dataset split: Ref-YouTube-VOS held-out J&F, Ref-DAVIS17 J&F, and
 the Ref-YouTube-VOS valid submission.
 
-A segmenter is anything with `stream(frames, sentences)` yielding `(t, logits [E, H, W])` per frame and a
+A segmenter is anything with `stream(frames, sentences, chains=None)` yielding `(t, logits [E, H, W])` per frame and a
 `threshold` (`refsam_jax.segmenter.Segmenter`); masks are `logits > segmenter.threshold`. Nothing here knows
 the model.
 
@@ -92,16 +92,28 @@ def davis_expression_set(item) -> int:
     return 2 * item.annotator + (item.kind == "full_video")
 
 
-def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, max_videos: int = 0):
+def davis_track_chains(expressions) -> List[List[int]]:
+    """The official script's shared track state (spec §9.5): per object (in obj_id order), its expressions in
+    set order, as indices into `expressions`."""
+    objects = sorted({item.obj_id for item in expressions})
+    return [sorted((e for e, item in enumerate(expressions) if item.obj_id == obj_id),
+                   key=lambda e: davis_expression_set(expressions[e])) for obj_id in objects]
+
+
+def evaluate_davis(segmenter, data_dir: str, manual_dir: str, out_dir: str, *, max_videos: int = 0,
+                   shared_track: bool = False):
     """Ref-DAVIS17 valid: index PNGs `<out_dir>/<set>/<video>/<frame>.png`, scored against
-    `<manual_dir>/DAVIS` with the official protocol. Returns an `evaluation.ref_davis.RefDavisResult`."""
+    `<manual_dir>/DAVIS` with the official protocol. Returns an `evaluation.ref_davis.RefDavisResult`.
+    `shared_track`: an object's expressions share one track state, updated by each in set order at every
+    frame (`davis_track_chains`, the official script); else each expression has its own."""
     videos = []
     for video, expressions in _my_videos("ref_davis17", data_dir, "valid", "davis", manual_dir=manual_dir,
                                          max_videos=max_videos):
         videos.append(video)
         object_ids = sorted({item.obj_id for item in expressions})
         first = expressions[0]
-        for t, logits in segmenter.stream(first.frames, [e.sentence for e in expressions]):
+        chains = davis_track_chains(expressions) if shared_track else None
+        for t, logits in segmenter.stream(first.frames, [e.sentence for e in expressions], chains):
             for expression_set in ANNOTATORS:
                 # Object k of the video (in obj_id order) gets id k + 1. The background scores the threshold, so
                 # a pixel goes to the object of highest logit if that logit > threshold (RefSAM: 0.1).
