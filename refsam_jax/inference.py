@@ -247,7 +247,7 @@ class VideoSegmenter:
       model: the RefSAM model (its weights are read once, here).
       text_encoder: the frozen `refsam_jax.text.TextEncoder` the model was trained with.
       chunk_size: frames per model call (static), rounded up to a multiple of the device count.
-      expression_batch: expressions decoded together (static).
+      expression_batch: expressions (chains of them, with `chains`) decoded together (static).
       devices: the devices to run on.
       short_side: 0, or the side frames are first resized to (their shortest side; the official 360).
     """
