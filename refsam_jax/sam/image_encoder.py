@@ -59,12 +59,14 @@ def window_partition(x: jax.Array, window_size: int,
     """`[B, H, W, C]` -> windows `[B * nH * nW, ws, ws, C]` padded bottom/right with `pad_value` `[C]` (zeros
     by default), and the padded size (Hp, Wp)."""
     b, h, w, c = x.shape
-    pad_h, pad_w = -h % window_size, -w % window_size
-    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    hp, wp = h + pad_h, w + pad_w
-    if pad_value is not None and (pad_h or pad_w):
-        is_pad = (np.arange(hp)[:, None] >= h) | (np.arange(wp)[None, :] >= w)
-        x = jnp.where(is_pad[:, :, None], pad_value.astype(x.dtype), x)
+    hp, wp = h + -h % window_size, w + -w % window_size
+    # Concatenated rather than jnp.pad + where: XLA moves a pad of a matmul's output onto its input, which
+    # would have qkv computed for the pad tokens after all.
+    pad_value = jnp.zeros((c,), x.dtype) if pad_value is None else pad_value.astype(x.dtype)
+    if wp > w:
+        x = jnp.concatenate([x, jnp.broadcast_to(pad_value, (b, h, wp - w, c))], axis=2)
+    if hp > h:
+        x = jnp.concatenate([x, jnp.broadcast_to(pad_value, (b, hp - h, wp, c))], axis=1)
     x = x.reshape(b, hp // window_size, window_size, wp // window_size, window_size, c)
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c), (hp, wp)
 
