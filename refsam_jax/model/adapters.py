@@ -91,7 +91,7 @@ class Adapter(nnx.Module):
 class AdaptedBlock(Block):
     """A SAM ViT block with AIM adapters (spec §3.2, official `Block`), over the layers of `block`:
 
-        a  = Space_Adapter(attn(norm1(x)))           per window: a + D_fc2(GELU(D_fc1(a)))
+        a  = Space_Adapter(attn(norm1(x)))           per token: a + D_fc2(GELU(D_fc1(a)))
         x1 = x + a
         x2 = x1 + mlp(norm2(x1)) + mlp_scale * MLP_Adapter(norm2(x1))
     """

@@ -54,12 +54,19 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
     return rel_pos[relative.astype(np.int64)]
 
 
-def window_partition(x: jax.Array, window_size: int) -> Tuple[jax.Array, Tuple[int, int]]:
-    """`[B, H, W, C]` -> windows `[B * nH * nW, ws, ws, C]` (zero-padded bottom/right) and padded (Hp, Wp)."""
+def window_partition(x: jax.Array, window_size: int,
+                     pad_value: Optional[jax.Array] = None) -> Tuple[jax.Array, Tuple[int, int]]:
+    """`[B, H, W, C]` -> windows `[B * nH * nW, ws, ws, C]` padded bottom/right with `pad_value` `[C]` (zeros
+    by default), and the padded size (Hp, Wp)."""
     b, h, w, c = x.shape
-    pad_h, pad_w = -h % window_size, -w % window_size
-    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    hp, wp = h + pad_h, w + pad_w
+    hp, wp = h + -h % window_size, w + -w % window_size
+    # Concatenated rather than jnp.pad + where: XLA moves a pad of a matmul's output onto its input, which
+    # would have qkv computed for the pad tokens after all.
+    pad_value = jnp.zeros((c,), x.dtype) if pad_value is None else pad_value.astype(x.dtype)
+    if wp > w:
+        x = jnp.concatenate([x, jnp.broadcast_to(pad_value, (b, h, wp - w, c))], axis=2)
+    if hp > h:
+        x = jnp.concatenate([x, jnp.broadcast_to(pad_value, (b, hp - h, wp, c))], axis=1)
     x = x.reshape(b, hp // window_size, window_size, wp // window_size, window_size, c)
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c), (hp, wp)
 
@@ -74,58 +81,93 @@ def window_unpartition(windows: jax.Array, window_size: int, pad_hw: Tuple[int, 
     return x[:, :h, :w]
 
 
-class Attention(nnx.Module):
-    """Multi-head self-attention over a token grid with decomposed relative position embeddings."""
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, rel_h: jax.Array, rel_w: jax.Array, scale: float,
+            dtype) -> jax.Array:
+    """Softmax attention of the queries of r grid rows over an `[H, W]` grid, any leading dims `...`:
+    q `[..., r, W, d]`, k and v `[..., H*W, d]`, relative terms rel_h `[..., r, W, H]` and rel_w
+    `[..., r, W, W]` -> `[..., r, W, d]`; matmuls in `dtype`, the rest in float32."""
+    *lead, r, w, d = q.shape
+    h = rel_h.shape[-1]
+    logits = matmul("...qd,...kd->...qk", q.reshape(*lead, r * w, d) * scale, k, dtype)
+    logits = logits.reshape(*lead, r, w, h, w) + rel_h[..., :, None] + rel_w[..., None, :]
+    logits = logits.reshape(*lead, r * w, h * w)
+    # Softmax, normalised after the value product: [r*W, d] divisions instead of [r*W, H*W], and XLA
+    # computes the exponentials once.
+    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    out = matmul("...qk,...kd->...qd", weights, v, dtype) / weights.sum(axis=-1, keepdims=True)
+    return out.reshape(*lead, r, w, d)
 
-    def __init__(self, dim: int, num_heads: int, input_size: Tuple[int, int], rngs: nnx.Rngs,
-                 dtype=jnp.float32):
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with decomposed relative position embeddings, over the whole token grid
+    (`window_size` 0) or within `window_size`^2 windows."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, input_size: Tuple[int, int],
+                 rngs: nnx.Rngs, dtype=jnp.float32):
         self.num_heads = num_heads
+        self.window_size = window_size
         head_dim = dim // num_heads
         self.scale = head_dim ** -0.5
         self.qkv = linear(dim, 3 * dim, rngs, dtype)
         self.proj = linear(dim, dim, rngs, dtype)
         self.dtype = dtype
-        self.rel_pos_h = nnx.Param(jnp.zeros((2 * input_size[0] - 1, head_dim)))
-        self.rel_pos_w = nnx.Param(jnp.zeros((2 * input_size[1] - 1, head_dim)))
+        attn_size = input_size if window_size == 0 else (window_size, window_size)
+        self.rel_pos_h = nnx.Param(jnp.zeros((2 * attn_size[0] - 1, head_dim)))
+        self.rel_pos_w = nnx.Param(jnp.zeros((2 * attn_size[1] - 1, head_dim)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """`[B, H, W, C] -> [B, H, W, C]`."""
-        b, h, w, c = x.shape
+        """`[B, H, W, C] -> [B, H, W, C]`.
+
+        Windows are cut from `qkv(x)` rather than from `x`, and `proj` runs after they are put back: SAM's
+        zero pad tokens only ever contribute `qkv(0)`, the bias, so the linear layers skip them."""
+        hw = x.shape[1:3]
+        qkv = self.qkv(x)
+        if self.window_size > 0:
+            qkv, pad_hw = window_partition(qkv, self.window_size, pad_value=self.qkv.bias[...])
+        out = self._attention(qkv)
+        if self.window_size > 0:
+            out = window_unpartition(out, self.window_size, pad_hw, hw)
+        return self.proj(out)
+
+    def _attention(self, qkv: jax.Array) -> jax.Array:
+        """Attention from the projections `[B, H, W, 3C]` -> `[B, H, W, C]` (heads concatenated).
+
+        Global attention (more than 2 * QUERY_CHUNK_TOKENS tokens) loops over chunks of query rows, so the
+        `[queries, keys]` logits never fill memory. On CPU each step is further kept to one window or one
+        head, so that its logits (vit_b: 14^2 x 14^2 x 12 heads, or 128 x 64^2) stay in the L2 cache."""
+        b, h, w, c3 = qkv.shape
         n = self.num_heads
-        qkv = self.qkv(x).reshape(b, h * w, 3, n, c // n)
-        q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each [B, heads, H*W, head_dim]
-        # The relative terms use the unscaled query, as SAM does.
+        q, k, v = qkv.reshape(b, h * w, 3, n, c3 // (3 * n)).transpose(2, 0, 3, 1, 4)  # [B, heads, H*W, d]
         grid_q = q.reshape(b, n, h, w, -1)
+        # The relative terms use the unscaled query, as SAM does.
         rel_h = jnp.einsum("bnyxd,ykd->bnyxk", grid_q, get_rel_pos(h, h, self.rel_pos_h[...]))
         rel_w = jnp.einsum("bnyxd,xkd->bnyxk", grid_q, get_rel_pos(w, w, self.rel_pos_w[...]))
-
-        def attend(q_rows, rel_h_rows, rel_w_rows):
-            """Queries of r grid rows `[B, heads, r, W, d]` -> outputs `[B, heads, r, W, d]`."""
-            r = q_rows.shape[2]
-            logits = matmul("bnqd,bnkd->bnqk", q_rows.reshape(b, n, r * w, -1) * self.scale, k, self.dtype)
-            logits = logits.reshape(b, n, r, w, h, w) + rel_h_rows[..., :, None] + rel_w_rows[..., None, :]
-            logits = logits.reshape(b, n, r * w, h * w)
-            # Softmax, normalised after the value product: [r*W, head_dim] divisions instead of
-            # [r*W, H*W], and XLA computes the exponentials once.
-            weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-            out = matmul("bnqk,bnkd->bnqd", weights, v, self.dtype) / weights.sum(axis=-1, keepdims=True)
-            return out.reshape(b, n, r, w, -1)
-
         rows = max(1, QUERY_CHUNK_TOKENS // w)
-        if h * w <= 2 * QUERY_CHUNK_TOKENS or h % rows:
-            out = attend(grid_q, rel_h, rel_w)
-        else:  # Global attention: a loop over query rows keeps the logits small (vit_b: 2 x 64 rows).
-            split = lambda a: jnp.moveaxis(a.reshape(b, n, h // rows, rows, *a.shape[3:]), 2, 0)
-            out = jax.lax.map(lambda chunk: attend(*chunk), (split(grid_q), split(rel_h), split(rel_w)))
-            out = jnp.moveaxis(out, 0, 2)
-        out = out.reshape(b, n, h * w, -1)
-        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, h, w, c))
+        chunked = h * w > 2 * QUERY_CHUNK_TOKENS and h % rows == 0
+
+        def attend(q, k, v, rel_h, rel_w):
+            """Over any leading dims `...`: q `[..., H, W, d]`, k and v `[..., H*W, d]` -> `[..., H, W, d]`."""
+            if not chunked:
+                return _attend(q, k, v, rel_h, rel_w, self.scale, self.dtype)
+            # A loop over query rows (vit_b: 32 chunks of 2 rows).
+            lead = q.shape[:-3]
+            chunks = [jnp.moveaxis(a.reshape(*lead, h // rows, rows, *a.shape[-2:]), -4, 0) for a in (q, rel_h, rel_w)]
+            out = jax.lax.map(lambda t: _attend(t[0], k, v, t[1], t[2], self.scale, self.dtype), chunks)
+            return jnp.moveaxis(out, 0, -4).reshape(*lead, h, w, -1)
+
+        if jax.default_backend() == "cpu":  # One window (all heads), or one head of global attention, a step.
+            units = (b * n, 1) if chunked else (b, n)
+            out = jax.lax.map(lambda t: attend(*t),
+                              [a.reshape(*units, *a.shape[2:]) for a in (grid_q, k, v, rel_h, rel_w)])
+        else:
+            out = attend(grid_q, k, v, rel_h, rel_w)
+        return out.reshape(b, n, h, w, -1).transpose(0, 2, 3, 1, 4).reshape(b, h, w, -1)
 
 
 class Block(nnx.Module):
     """Pre-norm transformer block; windowed attention when `window_size > 0`, global otherwise.
 
-        x1 = x + attention(norm1(x))        per window (pad tokens included), then un-partitioned
+        x1 = x + attention(norm1(x))        attn per window (pad tokens included) or over the whole grid
         x2 = mlp_residual(x1) = x1 + mlp(norm2(x1))
 
     `attention` and `mlp_residual` are the extension points for adapted blocks; `remat` (False here) asks
@@ -135,15 +177,14 @@ class Block(nnx.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window_size: int,
                  input_size: Tuple[int, int], rngs: nnx.Rngs, dtype=jnp.float32):
         self.norm1 = layer_norm(dim, LAYER_NORM_EPS, rngs)
-        attn_size = input_size if window_size == 0 else (window_size, window_size)
-        self.attn = Attention(dim, num_heads, attn_size, rngs, dtype)
+        self.attn = Attention(dim, num_heads, window_size, input_size, rngs, dtype)
         self.norm2 = layer_norm(dim, LAYER_NORM_EPS, rngs)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), gelu, rngs, dtype)
         self.window_size = window_size
         self.remat = False
 
     def attention(self, x: jax.Array) -> jax.Array:
-        """Attention within windows `[B', w, w, C]` (or the whole grid)."""
+        """`[B, H, W, C] -> [B, H, W, C]`: `attn`, windowed or global."""
         return self.attn(x)
 
     def mlp_residual(self, x: jax.Array) -> jax.Array:
@@ -152,15 +193,7 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C] -> [B, H, W, C]`."""
-        shortcut = x
-        x = self.norm1(x)
-        if self.window_size > 0:
-            hw = x.shape[1:3]
-            x, pad_hw = window_partition(x, self.window_size)
-        x = self.attention(x)
-        if self.window_size > 0:
-            x = window_unpartition(x, self.window_size, pad_hw, hw)
-        return self.mlp_residual(shortcut + x)
+        return self.mlp_residual(x + self.attention(self.norm1(x)))
 
 
 BlockHook = Callable[[int, Block, nnx.Rngs], Block]
