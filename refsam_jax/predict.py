@@ -51,6 +51,8 @@ def define_flags() -> dict:
         "fps": flags.DEFINE_float("fps", None, "Overlay frame rate (default: the video's, or 10 for frames)."),
         "overlay": flags.DEFINE_bool("overlay", True, "Write overlay.gif / overlay.mp4."),
         "gif_max_side": flags.DEFINE_integer("gif_max_side", 480, "Longest side of the GIF's frames."),
+        "overlay_min_side": flags.DEFINE_integer("overlay_min_side", 384,
+                                                 "A smaller video is enlarged to this long side for the overlay."),
     }
 
 
@@ -77,11 +79,12 @@ def _teed(frames: Iterable[np.ndarray], seen: collections.deque) -> Iterator[np.
 
 def predict(video, sentences: Sequence[str], out: str, loaded, *, threshold: float = 0.0,
             chunk_size: int = 8, expression_batch: Optional[int] = None, fps=None, overlay: bool = True,
-            gif_max_side: int = 480) -> dict:
+            gif_max_side: int = 480, overlay_min_side: int = 384) -> dict:
     """Runs `loaded` (an `inference.LoadedModel`) on the video (a path or an opened `inference.VideoFrames`)
     and writes masks and overlay under `out`, reading the video once.
 
-    `expression_batch`: expressions decoded together (default: all of them).
+    `expression_batch`: expressions decoded together (default: all of them). `overlay_min_side`: a smaller video
+    is enlarged to this long side for the overlay, so its captions are legible (the masks keep the video's size).
 
     Returns a summary: frames, seconds, frames/s, output paths, mean foreground fraction per expression.
     """
@@ -101,7 +104,8 @@ def predict(video, sentences: Sequence[str], out: str, loaded, *, threshold: flo
                 save_binary_mask_png(mask, os.path.join(folder, f"{video.names[t]}.png"))
             frame = frames.popleft()
             if writer is not None:
-                writer.add(visualize.add_captions(visualize.overlay_masks(frame, masks), sentences))
+                shown, shown_masks = visualize.enlarge(frame, masks, overlay_min_side)
+                writer.add(visualize.add_captions(visualize.overlay_masks(shown, shown_masks), sentences))
             foreground += masks.mean(axis=(1, 2))
             progress.update(1)
     if writer is not None:
@@ -139,7 +143,7 @@ def main(argv, flag_values: dict):
         loaded = load(value["checkpoint"], config=value["config"], dtype=value["dtype"]).loaded
     summary = predict(video, sentences, value["out"], loaded, threshold=value["threshold"],
                       chunk_size=value["chunk_size"], fps=value["fps"], overlay=value["overlay"],
-                      gif_max_side=value["gif_max_side"])
+                      gif_max_side=value["gif_max_side"], overlay_min_side=value["overlay_min_side"])
     print(f"model: {summary['model']}")
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s, compilation included "
           f"({summary['frames_per_s']:.1f} frames/s)")

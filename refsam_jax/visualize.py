@@ -4,6 +4,8 @@
     frame = add_captions(overlay, sentences)                # sentences below the frame, in their colours
     with OverlayWriter("out/overlay", fps=10) as writer:   # out/overlay.gif (+ out/overlay.mp4)
         writer.add(frame)
+    frame, masks = enlarge(frame, masks, 384)               # small videos: draw at >= 384 px, captions legible
+    strip = comparison_strip(frames, truth, predictions, captions)   # ground truth vs prediction, one image
 
 The GIF is a preview: frames are scaled to at most `gif_max_side` pixels and kept (palette-quantised,
 one byte per pixel) until the writer closes, because GIF encoders write all frames at once. The MP4 is
@@ -120,6 +122,90 @@ def add_captions(frame: np.ndarray, captions: Sequence[str],
             draw.text((margin, y), line, fill=tuple(colour), font=font)
             y += line_height
     return np.asarray(canvas)
+
+
+def enlarge(frame: np.ndarray, masks: np.ndarray, long_side: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Scales a small frame up so that its long side is at least `long_side` (bilinear), and its masks with it
+    (nearest); larger frames are returned as they are.
+
+    frame uint8 `[H, W, 3]`, masks bool `[E, H, W]` -> the same at `[H', W']`.
+    """
+    height, width = frame.shape[:2]
+    scale = long_side / max(height, width)
+    if scale <= 1:
+        return frame, masks
+    size = (round(width * scale), round(height * scale))
+    frame = np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
+    rows = np.minimum((np.arange(size[1]) + 0.5) / scale, height - 1).astype(int)
+    cols = np.minimum((np.arange(size[0]) + 0.5) / scale, width - 1).astype(int)
+    return frame, np.asarray(masks, bool)[:, rows][:, :, cols]
+
+
+def _text_band(lines: Sequence[Tuple[str, Tuple[int, int, int]]], width: int, font_size: int) -> np.ndarray:
+    """A black band `[h, width, 3]` with each `(text, colour)` wrapped to the width."""
+    margin = max(2, font_size // 3)
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [(line, colour) for text, colour in lines for line in _wrap(measure, text, font, width - 2 * margin)]
+    band = Image.new("RGB", (width, margin + (font_size + margin) * len(wrapped)))
+    draw = ImageDraw.Draw(band)
+    for i, (line, colour) in enumerate(wrapped):
+        draw.text((margin, margin + i * (font_size + margin)), line, fill=tuple(colour), font=font)
+    return np.asarray(band)
+
+
+def comparison_strip(frames: np.ndarray, truth: np.ndarray, predictions: np.ndarray, captions: Sequence[str],
+                     frame_names: Optional[Sequence[str]] = None, *, max_frames: int = 8,
+                     cell_long_side: int = 192) -> np.ndarray:
+    """Ground truth against prediction for every expression of a video, as one image to judge at a glance.
+
+    Per expression: its caption, then a row of frames with the ground-truth mask and a row with the predicted
+    mask (tinted and outlined in the expression's colour); the columns are up to `max_frames` frames evenly
+    spaced over the video, each drawn with its long side `cell_long_side` (masks enlarged before they are
+    outlined, so edges stay sharp), named on top.
+
+    Args:
+      frames: uint8 `[T, H, W, 3]`.
+      truth, predictions: bool `[E, T, H, W]`.
+      captions: E strings (e.g. the sentence and its score).
+      frame_names: T names (default: the frame indices).
+    Returns:
+      uint8 `[h, w, 3]`.
+    """
+    frames, truth, predictions = np.asarray(frames), np.asarray(truth, bool), np.asarray(predictions, bool)
+    num_frames = len(frames)
+    if truth.shape != predictions.shape or truth.shape[1:] != frames.shape[:3] or len(captions) != len(truth):
+        raise ValueError(f"frames {frames.shape}, truth {truth.shape}, predictions {predictions.shape} and "
+                         f"{len(captions)} captions do not match as [T, H, W, 3], [E, T, H, W] x 2, E")
+    names = [str(t) for t in range(num_frames)] if frame_names is None else list(frame_names)
+    shown = np.unique(np.linspace(0, num_frames - 1, min(max_frames, num_frames)).round().astype(int))
+    scale = cell_long_side / max(frames.shape[1:3])
+    cell = (max(1, round(frames.shape[2] * scale)), max(1, round(frames.shape[1] * scale)))
+    font_size = max(12, cell_long_side // 12)
+    label_width = 4 * font_size
+    gap = np.zeros((cell[1], 2, 3), np.uint8)
+
+    def row(label: str, masks: np.ndarray, colour) -> np.ndarray:
+        cells = []
+        for t in shown:
+            frame, mask = enlarge(frames[t], masks[t][None], cell_long_side)
+            cells += [np.asarray(Image.fromarray(overlay_masks(frame, mask, [colour])).resize(cell, Image.BILINEAR)),
+                      gap]
+        label_cell = _text_band([(label, (255, 255, 255))], label_width, font_size)[:cell[1]]
+        label_cell = np.pad(label_cell, ((0, cell[1] - len(label_cell)), (0, 0), (0, 0)))
+        return np.concatenate([label_cell, *cells], axis=1)
+
+    width = label_width + len(shown) * (cell[0] + 2)
+    heads = [_text_band([("frame", (200, 200, 200))], label_width, font_size)]
+    heads += [_text_band([(names[t], (200, 200, 200))], cell[0] + 2, font_size) for t in shown]
+    height = max(len(head) for head in heads)
+    parts = [np.concatenate([np.pad(head, ((0, height - len(head)), (0, 0), (0, 0))) for head in heads], axis=1)]
+    for e, caption in enumerate(captions):
+        colour = colour_of(e)
+        parts += [_text_band([(f"{e}: {caption}", colour)], width, font_size),
+                  row("truth", truth[e], colour), np.zeros((2, width, 3), np.uint8),
+                  row("ours", predictions[e], colour)]
+    return np.concatenate(parts, axis=0)
 
 
 class OverlayWriter:

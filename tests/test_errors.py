@@ -45,7 +45,7 @@ def test_config_errors_are_one_line_and_write_nothing(tmp_path):
     result = _train(tmp_path, f"--config={DEMO}", "--workdir=run", "--config.model.sam.model_type=tinyy")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == \
-        "error: model config sam.model_type='tinyy' is not one of 'vit_b', 'vit_l', 'vit_h', 'tiny'"
+        "error: model config sam.model_type='tinyy' is not one of 'vit_b', 'vit_l', 'vit_h', 'tiny', 'small'"
     assert not os.path.exists(tmp_path / "run")
 
 

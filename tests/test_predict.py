@@ -53,6 +53,38 @@ def test_captions_add_a_band_of_fixed_height_with_each_sentence_in_its_colour():
         assert (bright & (cosine > 0.995)).any(), f"no text pixel in the colour of caption {e}"
 
 
+def test_enlarge_scales_small_frames_and_their_masks_together():
+    frame = np.zeros((48, 64, 3), np.uint8)
+    masks = np.zeros((2, 48, 64), bool)
+    masks[0, 10:20, 5:15] = True
+    big, big_masks = visualize.enlarge(frame, masks, 384)
+    assert big.shape == (288, 384, 3) and big_masks.shape == (2, 288, 384)
+    assert big_masks[0].sum() == masks[0].sum() * 36 and not big_masks[1].any()  # nearest: each pixel 6 x 6
+    np.testing.assert_array_equal(big_masks[0, ::6, ::6], masks[0])
+    large = np.zeros((400, 600, 3), np.uint8)
+    assert visualize.enlarge(large, np.zeros((1, 400, 600), bool), 384)[0] is large  # large enough: unchanged
+
+
+def test_comparison_strip_shows_truth_and_prediction_per_expression():
+    frames = np.full((5, 30, 40, 3), 90, np.uint8)
+    truth = np.zeros((2, 5, 30, 40), bool)
+    truth[0, :, 5:15, 5:15] = True
+    truth[1, :, 15:25, 20:35] = True
+    predictions = np.zeros_like(truth)  # expression 0 predicted right, expression 1 missed
+    predictions[0] = truth[0]
+    strip = visualize.comparison_strip(frames, truth, predictions, ["first", "second"], max_frames=3,
+                                       cell_long_side=80)
+    assert strip.dtype == np.uint8 and strip.shape[1] == 4 * 12 + 3 * (80 + 2)  # labels (4 x 12-px font), 3 frames
+    tinted = [(np.abs(strip.astype(int) - visualize.colour_of(e)).sum(-1) < 150) for e in range(2)]
+    rows_0, rows_1 = np.nonzero(tinted[0].any(1))[0], np.nonzero(tinted[1].any(1))[0]
+    assert rows_0.max() < rows_1.min()  # expression 0's rows (truth and prediction) come first
+    # Expression 1's colour appears in its truth row only: the prediction row below it has none.
+    cell_rows = np.nonzero(tinted[1][:, 4 * 12:].any(1))[0]
+    assert cell_rows.max() - cell_rows.min() < 80
+    with pytest.raises(ValueError, match="do not match"):
+        visualize.comparison_strip(frames, truth, predictions[:, :4], ["a", "b"])
+
+
 def test_writer_makes_a_gif_and_an_mp4(tmp_path):
     stem = str(tmp_path / "out" / "overlay")
     frames = [np.full((50, 71, 3), 20 * t, np.uint8) for t in range(5)]  # odd width: the MP4 pads it
@@ -119,7 +151,8 @@ def test_predict_writes_masks_per_expression_and_an_overlay(tmp_path, loaded):
     assert summary["foreground"] == [1.0, 1.0] and summary["frames"] == 5
     assert summary["overlay"] == [str(tmp_path / "out" / "overlay.gif"), str(tmp_path / "out" / "overlay.mp4")]
     with Image.open(tmp_path / "out" / "overlay.gif") as gif:
-        assert gif.n_frames == 5 and gif.size[0] == 52 and gif.size[1] > 36  # The caption band.
+        # Enlarged to a 384-px long side (overlay_min_side), plus the caption band.
+            assert gif.n_frames == 5 and gif.size[0] == 384 and gif.size[1] > round(36 * 384 / 52)
 
 
 def test_predict_decodes_an_mp4_once(tmp_path, loaded, monkeypatch):

@@ -5,7 +5,8 @@ environment first on PATH, in one temporary folder that holds links to the clone
 (`demo.py`, `train.py`, `configs`, `convert`); the only changes are
   - `pip install ... &&` / a lone `pip install` line is left out (installing is `.ci/run`'s job), and so is
     `bash .ci/run` (it is this test's own command);
-  - `--config.total_steps=20` is appended to `python demo.py` and `python train.py` commands.
+  - `--config.total_steps=20` is appended to `python demo.py` and `python train.py` commands, and
+    `--sam_config.total_steps=20` (its stage 1) to `python demo.py`.
 A command that ends with `# needs: FILE ...` reads files no machine here has: its `--help` must print the
 usage, and run as written it must exit non-zero with one line (no traceback) that names one of those files.
 """
@@ -22,6 +23,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_FILES = ("demo.py", "train.py", "configs", "convert")
 SHORT_RUN = "--config.total_steps=20"
+SHORT_DEMO = f"{SHORT_RUN} --sam_config.total_steps=20"
 TIMEOUT_S = 900
 
 
@@ -68,7 +70,7 @@ def as_run(command: str) -> str:
     words = shlex.split(command)
     python = next((i for i, w in enumerate(words) if w == "python"), None)
     if python is not None and python + 1 < len(words) and words[python + 1] in ("demo.py", "train.py"):
-        command += f" {SHORT_RUN}"
+        command += f" {SHORT_DEMO if words[python + 1] == 'demo.py' else SHORT_RUN}"
     return command
 
 
@@ -132,7 +134,7 @@ def test_a_broken_readme_command_is_caught(tmp_path):
 
 def test_short_run_override_only_for_training_commands():
     assert as_run("pip install -e '.[demo]' && python demo.py --workdir demo_out") == \
-        f"python demo.py --workdir demo_out {SHORT_RUN}"
+        f"python demo.py --workdir demo_out {SHORT_DEMO}"
     assert as_run("XLA_FLAGS=x python train.py --config c") == f"XLA_FLAGS=x python train.py --config c {SHORT_RUN}"
     assert as_run("python -m refsam_jax.evaluate --workdir demo_out") == "python -m refsam_jax.evaluate --workdir demo_out"
     assert as_run("bash .ci/run") == ""

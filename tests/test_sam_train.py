@@ -29,8 +29,11 @@ STEPS = 300
 
 
 def small_config(**overrides):
-    """configs/sam_demo.py on 24 training and 6 held-out videos of 6 frames, for STEPS steps."""
+    """configs/sam_demo.py with the tiny SAM at 64 px, on 24 training and 6 held-out videos of 6 frames, for
+    STEPS steps."""
     config = runpy.run_path(SAM_DEMO)["get_config"]()
+    config.model.sam.model_type = "tiny"
+    config.data.image_size = 64
     config.synthetic.num_videos = 30
     config.synthetic.num_frames = 6
     config.synthetic.frame_size = (48, 64)  # the model's input side: no resizing
@@ -85,6 +88,8 @@ def test_sam_learns_and_its_checkpoint_loads_as_sam_and_as_refsams_sam(tmp_path,
 
     # RefSAM (configs/demo.py) takes it as its frozen SAM.
     refsam_config = runpy.run_path(REFSAM_DEMO)["get_config"]()
+    refsam_config.model.sam.model_type = "tiny"
+    refsam_config.data.image_size = 64
     refsam_config.model.sam.checkpoint = os.path.join(workdir, "sam")
     refsam = refsam_task.RefSamTask(refsam_config, str(tmp_path / "refsam"))
     model = refsam.build_model()
@@ -179,4 +184,4 @@ def test_bad_input_is_clear(tmp_path):
                "--config.model.sam.model_type=vit_x"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
     assert result.returncode == 1
-    assert "error: config.model.sam.model_type must be one of vit_b, vit_l, vit_h, tiny" in result.stderr
+    assert "error: config.model.sam.model_type must be one of vit_b, vit_l, vit_h, tiny, small" in result.stderr

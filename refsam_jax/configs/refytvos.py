@@ -68,6 +68,9 @@ def faithful(config):
     config.data.max_crop_size = 512  # training frames of at most 512 px, then up to SAM's 1024
     config.eval.short_side = 360  # inference: a 360-px short side, then SAM's resize
     config.eval.davis_shared_track = True  # Ref-DAVIS17: one track per object, through its 4 expressions in turn
+    config.model.normalize_image_embedding = True  # (the defaults; configs built on this one may change them)
+    config.model.dense.temperature = "fixed"  # Dense Attention's softmax scale: 1/sqrt(C)
+    config.model.dense.scale = 0.0
     # HDA was not released: the inference scripts load a second dense conv and normalise no ViT level
     config.model.hda.dense_conv = "separate"
     config.model.hda.level_norm = False

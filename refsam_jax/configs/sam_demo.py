@@ -1,5 +1,6 @@
-"""Stage 1 of the demo: a tiny SAM (64 px, random initialisation) trained in about a minute on 2 CPU cores on the
-object masks of the training videos of the synthetic Ref-YouTube-VOS the RefSAM demo writes (configs/demo.py).
+"""Stage 1 of the demo (demo.py): a small SAM (96 px, random initialisation) trained in a couple of minutes on 2 CPU
+cores on the object masks of the training videos of the synthetic Ref-YouTube-VOS the RefSAM demo writes
+(configs/demo.py), class-agnostically, as SA-1B trained the real SAM.
 
     python train.py --config configs/sam_demo.py --workdir sam_demo_run
 
@@ -17,9 +18,9 @@ SYNTHETIC = {"enabled": True, "num_videos": 100, "num_frames": 8}
 
 def get_config():
     config = sam_task.sam_task_config()
-    config.model.sam.model_type = "tiny"
+    config.model.sam.model_type = "small"  # `sam.config.small_config`
     config.synthetic.update(SYNTHETIC)
-    config.data.image_size = 64
+    config.data.image_size = 96
     config.data.batch_size = 8
     config.data.max_masks = 3  # a synthetic frame shows 1-3 shapes
     config.data.num_workers = 0
@@ -32,9 +33,9 @@ def get_config():
     config.optim.end_lr_factor = 0.1
     config.optim.clip_grad_norm = 1.0
 
-    config.total_steps = 500
+    config.total_steps = 400
     config.log_every = 50
-    config.checkpoint_every = 250
+    config.checkpoint_every = 200
     config.compute_dtype = "float32"
     config.eval.at_start = True
     return config

@@ -7,16 +7,18 @@ learn to segment from text. Masks are the polygons rasterised as pycocotools doe
 are painted from those masks, so image and annotation agree pixel for pixel (before JPEG).
 
   write_ref_youtube_vos(root, ...)   train/{JPEGImages,Annotations,meta.json}, valid/ and test/JPEGImages,
-                                     meta_expressions/{train,valid,test}/meta_expressions.json
+                                     meta_expressions/{train,valid,test}/meta_expressions.json; `style`
+                                     (`Style`) sets its colours, shapes, sizes, frame gaps and sentences
   write_ref_davis17(root, ...)       ReferFormer's converted layout + DAVIS/{Annotations_unsupervised,
                                      JPEGImages}/480p and DAVIS/ImageSets/2017/{train,val}.txt
   write_refcoco(root, dataset, ...)  train2014/*.jpg + <dataset>/instances_<dataset>_<split>.json
 Each returns a manifest dict of what it wrote (ids, frame names, sentences, object ids).
 """
 
+import dataclasses
 import json
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from etils import epath
@@ -33,6 +35,7 @@ COLOURS = {
     "orange": (245, 135, 30),
 }
 SHAPES = ("circle", "square", "triangle")
+MORE_SHAPES = ("diamond", "hexagon", "star")  # also drawn by `shape_polygon`, for other data sets
 LANE_NAMES = ("top", "middle", "bottom")
 _LANE_PHRASES = {"top": "at the top", "middle": "in the middle", "bottom": "at the bottom"}
 FRAME_GAPS = (5, 5, 5, 5, 5, 5, 3, 10)  # Mostly 5, sometimes 3 or 10 (DATASETS.md §1.4).
@@ -48,6 +51,13 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float) -> List[float]:
         points = [(cx - r, cy - r), (cx - r, cy + r), (cx + r, cy + r), (cx + r, cy - r)]
     elif shape == "triangle":
         points = [(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)]
+    elif shape in ("diamond", "hexagon"):
+        corners = 4 if shape == "diamond" else 6
+        points = [(cx + r * math.sin(2 * math.pi * i / corners), cy - r * math.cos(2 * math.pi * i / corners))
+                  for i in range(corners)]
+    elif shape == "star":
+        points = [(cx + radius * math.sin(math.pi * i / 5), cy - radius * math.cos(math.pi * i / 5))
+                  for i, radius in zip(range(10), [r, 0.45 * r] * 5)]
     else:
         raise ValueError(f"unknown shape {shape!r}")
     return [round(c, 2) for p in points for c in p]
@@ -55,6 +65,25 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float) -> List[float]:
 
 def _rasterise(polygon: Sequence[float], h: int, w: int) -> np.ndarray:
     return coco_masks.segmentation_to_mask([list(polygon)], h, w)
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """How synthetic Ref-YouTube-VOS videos look and how their objects are described (defaults: the demo's).
+
+    colours: name -> RGB; shapes: names `shape_polygon` draws; size_range: an object's half-size as a fraction of
+    min(lane height, width / 3); frame_gaps: differences between consecutive frame numbers, drawn uniformly;
+    late_start: the probability that an object after the first enters after the first frame; sentences: one
+    expression per template, formatted with the object's colour, shape, side ("left" / "right", the half it
+    stays in), direction ("left" / "right") and lane ("at the top", "in the middle", "at the bottom").
+    """
+
+    colours: Mapping[str, Tuple[int, int, int]] = dataclasses.field(default_factory=lambda: dict(COLOURS))
+    shapes: Tuple[str, ...] = SHAPES
+    size_range: Tuple[float, float] = (0.28, 0.42)
+    frame_gaps: Tuple[int, ...] = FRAME_GAPS
+    late_start: float = 0.3
+    sentences: Tuple[str, ...] = ("a {colour} {shape} on the {side}", "the {shape} moving to the {direction}")
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -65,17 +94,17 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _objects(
-    rng: np.random.Generator, h: int, w: int, count: int, num_frames: int, late_start: bool
+    rng: np.random.Generator, h: int, w: int, count: int, num_frames: int, late_start: bool, style: Style = Style()
 ) -> List[Dict[str, Any]]:
     """`count` objects with distinct colour and shape, one lane each, each staying in its half
     (left or right) of the frame while it moves horizontally, so "on the left" holds in every frame."""
-    colours = rng.choice(list(COLOURS), size=count, replace=False)
-    shapes = rng.choice(SHAPES, size=count, replace=False)
+    colours = rng.choice(list(style.colours), size=count, replace=False)
+    shapes = rng.choice(style.shapes, size=count, replace=False)
     lanes = rng.choice(3, size=count, replace=False)
     lane_h = h / 3
     objects = []
     for k in range(count):
-        r = float(rng.uniform(0.28, 0.42) * min(lane_h, w / 3))
+        r = float(rng.uniform(*style.size_range) * min(lane_h, w / 3))
         cy = lane_h * (lanes[k] + 0.5)
         side = str(rng.choice(["left", "right"]))
         lo, hi = (r + 1, w / 2 - r - 1) if side == "left" else (w / 2 + r + 1, w - r - 1)
@@ -84,11 +113,13 @@ def _objects(
         x0 = float(rng.uniform(lo, hi - travel)) if direction == "right" else float(rng.uniform(lo + travel, hi))
         sign = 1.0 if direction == "right" else -1.0
         xs = [x0 + sign * travel * t / max(1, num_frames - 1) for t in range(num_frames)]
-        start = int(rng.integers(1, max(2, num_frames // 2))) if late_start and k > 0 and rng.random() < 0.3 else 0
+        start = (int(rng.integers(1, max(2, num_frames // 2)))
+                 if late_start and k > 0 and rng.random() < style.late_start else 0)
         objects.append(
             {
                 "obj_id": k + 1,
                 "colour": str(colours[k]),
+                "rgb": tuple(style.colours[str(colours[k])]),
                 "shape": str(shapes[k]),
                 "lane": LANE_NAMES[lanes[k]],
                 "side": side,
@@ -113,7 +144,7 @@ def _render_video(rng: np.random.Generator, objects, num_frames: int, h: int, w:
                 continue
             cx, cy = obj["centres"][t]
             mask = _rasterise(shape_polygon(obj["shape"], cx, cy, obj["radius"]), h, w)
-            frame[mask] = COLOURS[obj["colour"]] + rng.normal(0, 3, size=(int(mask.sum()), 3))
+            frame[mask] = obj["rgb"] + rng.normal(0, 3, size=(int(mask.sum()), 3))
             labels[t][mask] = obj["obj_id"]
         frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames, labels
@@ -136,10 +167,11 @@ def _write_json(path: epath.Path, obj: Any) -> None:
     path.write_text(json.dumps(obj))
 
 
-def _frame_names(rng: np.random.Generator, num_frames: int, consecutive: bool) -> List[str]:
+def _frame_names(rng: np.random.Generator, num_frames: int, consecutive: bool,
+                 gaps: Sequence[int] = FRAME_GAPS) -> List[str]:
     if consecutive:
         return [f"{i:05d}" for i in range(num_frames)]
-    numbers = np.cumsum([0] + list(rng.choice(FRAME_GAPS, size=num_frames - 1)))
+    numbers = np.cumsum([0] + list(rng.choice(gaps, size=num_frames - 1)))
     return [f"{int(n):05d}" for n in numbers]
 
 
@@ -149,13 +181,6 @@ def _video_id(rng: np.random.Generator, used: set) -> str:
         if vid not in used:
             used.add(vid)
             return vid
-
-
-def _ytvos_sentences(obj) -> List[str]:
-    return [
-        f"a {obj['colour']} {obj['shape']} on the {obj['side']}",
-        f"the {obj['shape']} moving to the {obj['direction']}",
-    ]
 
 
 def write_ref_youtube_vos(
@@ -168,10 +193,11 @@ def write_ref_youtube_vos(
     num_valid_videos: int = 2,
     num_test_videos: int = 1,
     max_objects: int = 3,
+    style: Style = Style(),
 ) -> Dict[str, Any]:
-    """Writes a Ref-YouTube-VOS tree with `num_videos` train videos; returns the manifest.
+    """Writes a Ref-YouTube-VOS tree with `num_videos` train videos of `size` (h, w); returns the manifest.
 
-    Train frame names have irregular gaps (mostly 5); some objects enter after the first frame.
+    Train frame names have irregular gaps (`style.frame_gaps`); some objects enter after the first frame.
     The valid meta lists valid + test videos, without obj_id, as the competition files do.
     """
     root = epath.Path(root)
@@ -182,16 +208,17 @@ def write_ref_youtube_vos(
     for split, count in (("train", num_videos), ("valid", num_valid_videos), ("test", num_test_videos)):
         for _ in range(count):
             vid = _video_id(rng, used)
-            objects = _objects(rng, h, w, int(rng.integers(1, max_objects + 1)), num_frames, late_start=True)
+            objects = _objects(rng, h, w, int(rng.integers(1, max_objects + 1)), num_frames, True, style)
             frames, labels = _render_video(rng, objects, num_frames, h, w)
-            names = _frame_names(rng, num_frames, consecutive=False)
+            names = _frame_names(rng, num_frames, consecutive=False, gaps=style.frame_gaps)
             for t, name in enumerate(names):
                 _save_jpeg(root / split / "JPEGImages" / vid / f"{name}.jpg", frames[t])
                 if split == "train":
                     _save_palette_png(root / split / "Annotations" / vid / f"{name}.png", labels[t])
             expressions = {}
             for obj in objects:
-                for sentence in _ytvos_sentences(obj):
+                words = {**obj, "lane": _LANE_PHRASES[obj["lane"]]}
+                for sentence in (template.format(**words) for template in style.sentences):
                     expressions[str(len(expressions))] = {"exp": sentence, "obj_id": str(obj["obj_id"])}
             manifest[split][vid] = {
                 "frames": names,

@@ -42,6 +42,17 @@ def video_groups(items: Iterator) -> Iterator[Tuple[str, List]]:
         yield video, list(group)
 
 
+class EmptyPrediction:
+    """A segmenter that predicts no mask anywhere: the floor a model must beat (frames where the referred object
+    is absent score J = F = 1, so an empty prediction does not score 0)."""
+
+    threshold = 0.0
+
+    def stream(self, frames, sentences) -> Iterator[Tuple[int, np.ndarray]]:
+        for t, frame in enumerate(frames):
+            yield t, np.full((len(sentences), *np.shape(frame)[:2]), -1.0, np.float32)
+
+
 def _my_videos(name: str, data_dir: str, split: str, desc: str, *, manual_dir=None, builder_config=None,
                progress: bool = True, **limits) -> Iterator[Tuple[str, List]]:
     """(video id, its items) of this process's share of the split (`iterate_eval_videos` limits), with a

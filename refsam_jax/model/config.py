@@ -63,7 +63,8 @@ def default_model_config() -> ml_collections.ConfigDict:
 
     config.dense = ml_collections.ConfigDict()
     config.dense.mode = "hda"  # none: no_mask_embed | origin: F^ + s | da: Dense Attention | hda: hierarchical
-    config.dense.temperature = "fixed"  # softmax scale 1/sqrt(256) (official) | "learned" (init 1/sqrt(256))
+    config.dense.temperature = "fixed"  # a fixed softmax scale | "learned" (exp of a learned log-scale)
+    config.dense.scale = 0.0  # the scale, or its initial value when learned; 0 = 1/sqrt(C) (official: 1/16)
     config.dense.tokens = "both"  # what (H)DA attends to: the words W and the sentence s (official) | one of them
 
     config.hda = ml_collections.ConfigDict()
@@ -113,6 +114,8 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model config {key}={value!r} must be a non-negative integer")
     if not 0.0 < _get(config, "adapter.ratio") <= 1.0:
         raise ValueError(f"model config adapter.ratio={config.adapter.ratio!r} must lie in (0, 1]")
+    if not _get(config, "dense.scale") >= 0.0:
+        raise ValueError(f"model config dense.scale={config.dense.scale!r} must be >= 0 (0 = 1/sqrt(C))")
     if not 0.0 <= _get(config, "mlp.dropout") < 1.0:
         raise ValueError(f"model config mlp.dropout={config.mlp.dropout!r} must lie in [0, 1)")
     for key in ("text_attention_mask", "adapter.zero_init", "adapter.remat", "normalize_image_embedding",

@@ -3,12 +3,13 @@
 DA (official `refersam.py` L262-290, spec §3.6), per pixel of the L2-normalised SAM embedding F^ [B, g, g, C]:
 
     T     = [W; s]                                   text tokens [B, L + 1, C] (all L2-normalised)
-    A     = softmax_tokens(F^ T^T * scale)           scale = 1/sqrt(C) (official) or learned
+    A     = softmax_tokens(F^ T^T * scale)           scale = 1/sqrt(C) (official), another constant, or learned
     Dense = dense_conv([F^ ; A T])                   1x1 conv 2C -> C
 
 Padded word tokens can be masked out of the softmax (`token_mask`); the sentence token is always valid.
-Since F^ and T are unit vectors, the official scale 1/16 makes A almost uniform (spec §9.2); `learned`
-starts from that value and lets training sharpen it.
+Since F^ and T are unit vectors, the official scale 1/16 makes A almost uniform (spec §9.2): every pixel gets
+about the mean text token, so DA adds the same vector everywhere. `scale` sets another constant (a scale of
+about 10 lets a pixel pick the words that match it), `learned` starts from it and lets training adjust it.
 
 HDA (paper v3) was not released; the official code only holds fragments (a `--multi_scale` branch with a
 learnable w = 0.5, and the names `fpn_conv` / `dense_conv2` loaded by the inference scripts; spec §3.7).
@@ -62,12 +63,13 @@ def attend_text(image: jax.Array, tokens: jax.Array, token_mask: jax.Array, scal
 
 
 class _Scale(nnx.Module):
-    """Softmax scale: fixed 1/sqrt(dim), or exp of a learned log-scale initialised there."""
+    """Softmax scale: fixed at `scale` (0: 1/sqrt(dim), official), or exp of a learned log-scale initialised
+    there."""
 
-    def __init__(self, dim: int, temperature: str):
+    def __init__(self, dim: int, temperature: str, scale: float = 0.0):
         if temperature not in ("fixed", "learned"):
             raise ValueError(f"dense attention temperature {temperature!r} is not one of 'fixed', 'learned'")
-        initial = 1.0 / math.sqrt(dim)
+        initial = float(scale) or 1.0 / math.sqrt(dim)
         self.fixed = initial if temperature == "fixed" else None
         self.log_scale = nnx.Param(jnp.full((), math.log(initial))) if temperature == "learned" else None
 
@@ -78,9 +80,9 @@ class _Scale(nnx.Module):
 class DenseAttention(nnx.Module):
     """DA: `(F^ [B, g, g, C], T [B, N, C], mask [B, N]) -> dense prompt [B, g, g, C]`."""
 
-    def __init__(self, dim: int, *, temperature: str = "fixed", rngs: nnx.Rngs):
+    def __init__(self, dim: int, *, temperature: str = "fixed", scale: float = 0.0, rngs: nnx.Rngs):
         self.dense_conv = conv1x1(2 * dim, dim, rngs)
-        self.scale = _Scale(dim, temperature)
+        self.scale = _Scale(dim, temperature, scale)
 
     def __call__(self, image: jax.Array, tokens: jax.Array, token_mask: jax.Array,
                  interm: Optional[Sequence[jax.Array]] = None) -> jax.Array:
@@ -93,8 +95,8 @@ class HierarchicalDenseAttention(nnx.Module):
     """HDA (our reconstruction, see the module docstring): DA on F^ and on projected intermediate features."""
 
     def __init__(self, dim: int, interm_dim: int, num_levels: int, *, projection: str = "concat",
-                 fusion: str = "weighted", temperature: str = "fixed", dense_conv: str = "separate",
-                 level_norm: bool = False, rngs: nnx.Rngs):
+                 fusion: str = "weighted", temperature: str = "fixed", scale: float = 0.0,
+                 dense_conv: str = "separate", level_norm: bool = False, rngs: nnx.Rngs):
         if num_levels < 1:
             raise ValueError("HierarchicalDenseAttention needs at least one intermediate level; the SAM config "
                              "has fewer than two global-attention blocks")
@@ -119,8 +121,8 @@ class HierarchicalDenseAttention(nnx.Module):
             self.multi_scale_conv = conv1x1(2 * dim, dim, rngs)
         else:
             raise ValueError(f"hda.fusion {fusion!r} is not one of 'weighted', 'conv'")
-        self.scale = _Scale(dim, temperature)
-        self.scale2 = _Scale(dim, temperature) if dense_conv == "separate" else None
+        self.scale = _Scale(dim, temperature, scale)
+        self.scale2 = _Scale(dim, temperature, scale) if dense_conv == "separate" else None
 
     def project(self, interm: Sequence[jax.Array]) -> jax.Array:
         """`K x [B, g, g, D] -> P [B, g, g, C]`, L2-normalised per pixel."""

@@ -117,12 +117,14 @@ class RefSAM(nnx.Module):
                                      dropout=config.mlp.dropout,
                                      rngs=rngs)
         if self.dense_mode == "da":
-            self.dense = DenseAttention(dim, temperature=config.dense.temperature, rngs=rngs)
+            self.dense = DenseAttention(dim, temperature=config.dense.temperature, scale=config.dense.scale,
+                                        rngs=rngs)
         elif self.dense_mode == "hda":
             self.dense = HierarchicalDenseAttention(
                 dim, sam_config.encoder_embed_dim, len(sam_config.encoder_global_attn_indexes) - 1,
                 projection=config.hda.projection, fusion=config.hda.fusion, temperature=config.dense.temperature,
-                dense_conv=config.hda.dense_conv, level_norm=config.hda.level_norm, rngs=rngs)
+                dense_conv=config.hda.dense_conv, level_norm=config.hda.level_norm, scale=config.dense.scale,
+                rngs=rngs)
         else:
             self.dense = None
         self.tracking = (ImplicitTrackingModule(dim, token_mlp=config.tracking.token_mlp,
