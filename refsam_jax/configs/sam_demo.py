@@ -33,9 +33,9 @@ def get_config():
     config.optim.end_lr_factor = 0.1
     config.optim.clip_grad_norm = 1.0
 
-    config.total_steps = 400
+    config.total_steps = 500
     config.log_every = 50
-    config.checkpoint_every = 200
+    config.checkpoint_every = 250
     config.compute_dtype = "float32"
     config.eval.at_start = True
     return config
