@@ -35,7 +35,6 @@ COLOURS = {
     "orange": (245, 135, 30),
 }
 SHAPES = ("circle", "square", "triangle")
-MORE_SHAPES = ("diamond", "hexagon", "star")  # also drawn by `shape_polygon`, for other data sets
 LANE_NAMES = ("top", "middle", "bottom")
 _LANE_PHRASES = {"top": "at the top", "middle": "in the middle", "bottom": "at the bottom"}
 FRAME_GAPS = (5, 5, 5, 5, 5, 5, 3, 10)  # Mostly 5, sometimes 3 or 10 (DATASETS.md §1.4).
@@ -43,7 +42,8 @@ _PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 
 
 
 def shape_polygon(shape: str, cx: float, cy: float, r: float) -> List[float]:
-    """Polygon `[x0, y0, x1, y1, ...]` of a shape centred at (cx, cy) with half-size r."""
+    """Polygon `[x0, y0, x1, y1, ...]` of a shape centred at (cx, cy) with half-size r: SHAPES, or "diamond",
+    "hexagon", "star" (for data sets in another `Style`)."""
     if shape == "circle":
         angles = np.linspace(0, 2 * math.pi, 24, endpoint=False)
         points = [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in angles]
@@ -200,6 +200,9 @@ def write_ref_youtube_vos(
     Train frame names have irregular gaps (`style.frame_gaps`); some objects enter after the first frame.
     The valid meta lists valid + test videos, without obj_id, as the competition files do.
     """
+    if min(len(style.colours), len(style.shapes)) < max_objects:
+        raise ValueError(f"a video shows up to {max_objects} objects of distinct colours and shapes, but the style "
+                         f"has {len(style.colours)} colours and {len(style.shapes)} shapes")
     root = epath.Path(root)
     rng = np.random.default_rng(seed)
     h, w = size
