@@ -96,6 +96,26 @@ def test_ref_youtube_vos_round_trip(built):
         assert len(record["label_maps"]) == 0 and set(record["expressions"]["obj_id"]) == {-1}
 
 
+def test_synthetic_style_sets_colours_shapes_gaps_and_sentences(tmp_path):
+    style = synthetic.Style(colours={"cyan": (40, 200, 210), "navy": (20, 30, 110)},
+                            shapes=("diamond", "hexagon", "star"), frame_gaps=(2,), late_start=0.0,
+                            sentences=("the {colour} {shape} {lane}",))
+    manifest = synthetic.write_ref_youtube_vos(tmp_path, num_videos=4, num_frames=3, seed=2, max_objects=2,
+                                               style=style, num_valid_videos=0, num_test_videos=0)
+    for video in manifest["train"].values():
+        assert video["frames"] == ["00000", "00002", "00004"]
+        for expression in video["expressions"].values():
+            obj = video["objects"][expression["obj_id"]]
+            assert expression["exp"].startswith(f"the {obj['colour']} {obj['category']} ")
+            assert obj["colour"] in style.colours and obj["category"] in style.shapes
+            assert obj["frames"] == video["frames"]  # late_start=0: every object from the first frame
+    for shape in ("diamond", "hexagon", "star"):
+        area = synthetic._rasterise(synthetic.shape_polygon(shape, 20, 20, 10), 40, 40).sum()
+        assert 0 < area < 20 * 20  # inside the 20 x 20 box
+    with pytest.raises(ValueError, match="3 objects of distinct colours and shapes, but the style has 2 colours"):
+        synthetic.write_ref_youtube_vos(tmp_path / "x", style=style)
+
+
 def test_heldout_split_is_deterministic_and_seeded():
     ids = [f"video{i:03d}" for i in range(100)]
     first = builders.heldout_video_ids(ids, 0.07, 3)
