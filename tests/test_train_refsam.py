@@ -59,8 +59,10 @@ def test_refsam_trains_evaluates_and_rejects_a_checkpoint_of_another_model(tmp_p
         return evaluate_heldout(model, text_encoder, config)
 
     monkeypatch.setattr(task_lib, "evaluate_heldout", check_weights_then_evaluate)
+    tiny = {"model.sam.model_type": "tiny", "data.image_size": 64}  # the checkpoint's architecture
     summary = task_lib.train_and_evaluate(small_demo_config(**{"model.sam.checkpoint": str(tmp_path / "sam"),
-                                                               "data.max_text_length": 5}), str(tmp_path / "run"))
+                                                               "data.max_text_length": 5, **tiny}),
+                                          str(tmp_path / "run"))
     assert sorted(summary.losses) == [1, 2] and all(np.isfinite(list(summary.losses.values())))
     assert summary.compilations == 1
     assert 0.0 <= summary.evaluations[2]["J&F"] <= 1.0 and summary.evaluations[2]["expressions"] == 1
@@ -73,7 +75,7 @@ def test_refsam_trains_evaluates_and_rejects_a_checkpoint_of_another_model(tmp_p
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
 
     other = small_demo_config(**{"total_steps": 3, "model.sam.checkpoint": str(tmp_path / "sam"),
-                                 "data.max_text_length": 5, "model.mlp.hidden_layers": 2})
+                                 "data.max_text_length": 5, "model.mlp.hidden_layers": 2, **tiny})
     with pytest.raises(checkpoint_lib.CheckpointMismatchError,
                        match="mlp.hidden_layers: 1 in the checkpoint, 2 now"):
         task_lib.train_and_evaluate(other, str(tmp_path / "run"))
