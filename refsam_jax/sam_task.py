@@ -80,7 +80,8 @@ def sam_task_config() -> ml_collections.ConfigDict:
     config.task = "sam"
     config.model = ml_collections.ConfigDict({"sam": {"model_type": "vit_b", "checkpoint": ""}})
     config.data = default_data_config()
-    for key in ("num_frames", "max_text_length", "max_crop_size", "max_offset", "max_resample"):  # RefSAM only
+    for key in ("num_frames", "max_text_length", "expressions_per_clip", "max_crop_size", "max_offset",
+                "max_resample"):  # RefSAM only
         del config.data[key]
     config.data.max_masks = 16
     config.data.augment.resize_sizes = ()  # keep the aspect ratio, as SAM's ResizeLongestSide

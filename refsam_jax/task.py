@@ -114,19 +114,22 @@ class TextFeatureCache:
 
 def refsam_loss(config: ml_collections.ConfigDict, model: RefSAM, batch: Mapping[str, jax.Array],
                 text_encoder: Optional[TextEncoder] = None, text: Optional[nnx.State] = None):
-    """`(loss, metrics)` of `model` on a batch. Text features come from the batch (`text_features`), or, when
-    the text encoder's state `text` is given, from `text_encoder` run on `input_ids`."""
+    """`(loss, metrics)` of `model` on a batch (K sentences per clip when it has `expression_valid`). Text
+    features come from the batch (`text_features`), or, when the text encoder's state `text` is given, from
+    `text_encoder` run on `input_ids`."""
     if text is None:
         features, mask = batch["text_features"], batch["text_mask"]
     else:
-        features, mask = encode_text(text_encoder, batch["input_ids"], batch["text_mask"],
+        ids, mask = batch["input_ids"], batch["text_mask"]
+        features, mask = encode_text(text_encoder, ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1]),
                                      text_attention_mask=config.model.text_attention_mask,
                                      padding=config.model.text.padding, state=text)
+        features, mask = features.reshape(*ids.shape, -1), mask.reshape(ids.shape)
     dtype = loop.compute_dtype(config)
     logits, _ = model(batch["frames"].astype(dtype), features.astype(dtype), mask)
-    return losses.refsam_loss(logits, batch["masks"], batch["image_size"], dice_weight=config.loss.dice_weight,
-                              focal_weight=config.loss.focal_weight, focal_alpha=config.loss.focal_alpha,
-                              focal_gamma=config.loss.focal_gamma)
+    return losses.refsam_loss(logits, batch["masks"], batch["image_size"], batch.get("expression_valid"),
+                              dice_weight=config.loss.dice_weight, focal_weight=config.loss.focal_weight,
+                              focal_alpha=config.loss.focal_alpha, focal_gamma=config.loss.focal_gamma)
 
 
 def evaluate_heldout(model: RefSAM, text_encoder: TextEncoder, config: ml_collections.ConfigDict
@@ -203,19 +206,22 @@ class RefSamTask(loop.Task):
         return refsam_loss(self.config, model, batch, self.text_encoder, text)
 
     def prepare_batch(self, batch: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        self.sentences_read += len(batch["text_truncated"])
+        self.sentences_read += batch["text_truncated"].size
         self.sentences_truncated += int(np.sum(batch["text_truncated"]))
-        prepared = {key: batch[key] for key in TRAIN_KEYS}
+        prepared = {key: batch[key] for key in TRAIN_KEYS + ("expression_valid",) if key in batch}
         # The mask of the padding the model sees; with text.padding="longest", each device's rows are padded to
         # their longest sentence (the rows of a host go to its devices in equal consecutive blocks).
-        prepared["text_mask"] = np.asarray(text_padding_mask(
-            batch["text_mask"], text_attention_mask=self.config.model.text_attention_mask,
-            padding=self.config.model.text.padding, group_size=len(batch["text_mask"]) // jax.local_device_count()))
+        shape = batch["input_ids"].shape  # [B, L] or [B, K, L]
+        input_ids, text_mask = batch["input_ids"].reshape(-1, shape[-1]), batch["text_mask"].reshape(-1, shape[-1])
+        text_mask = np.asarray(text_padding_mask(
+            text_mask, text_attention_mask=self.config.model.text_attention_mask,
+            padding=self.config.model.text.padding, group_size=len(text_mask) // jax.local_device_count()))
         if self.text_cache is not None:
-            prepared["text_features"], prepared["text_mask"] = self.text_cache(batch["input_ids"],
-                                                                              prepared["text_mask"])
+            features, text_mask = self.text_cache(input_ids, text_mask)
+            prepared["text_features"] = features.reshape(*shape, -1)
         else:
             prepared["input_ids"] = batch["input_ids"]
+        prepared["text_mask"] = text_mask.reshape(shape)
         return prepared
 
     def train_iterator(self, shard_index: int, shard_count: int, first_step: int = 0):

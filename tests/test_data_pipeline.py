@@ -9,8 +9,8 @@ from PIL import Image, ImageEnhance
 
 from refsam_jax.configs.demo import MINILM
 from refsam_jax.data import augment, builders, iterate_eval_videos, pipeline, sampling, synthetic
-from refsam_jax.data.builders.common import decode_text
-from refsam_jax.text.tokenizer import TextTokenizer
+from refsam_jax.data.builders.common import decode_label_map, decode_text
+from refsam_jax.text.tokenizer import TextTokenizer, clean_caption
 
 MAX_TEXT = 12
 SIZE = 64
@@ -213,6 +213,46 @@ def test_batch_contract(data_dir, tokenizer):
             assert batch["text_mask"][b, 0] and not batch["text_mask"][b, -1]
         sources |= set(batch["source_index"].tolist())
     assert sources == {0, 1}
+
+
+def test_several_sentences_per_clip(data_dir, tokenizer):
+    """K sentences of one record share its clip: other objects' sentences first, each with its own mask."""
+    num = 3
+    cfg = _config(data_dir, expressions_per_clip=num, **{"augment.enabled": False})
+    records = {name: builders.open_split(name, data_dir, "train") for name in pipeline.dataset_names(cfg)}
+    batches, _ = _take(cfg, tokenizer, 6)
+    padded = 0
+    for batch in batches:
+        assert batch["masks"].shape == (4, num, 3, SIZE, SIZE) and batch["frames"].shape == (4, 3, SIZE, SIZE, 3)
+        assert batch["input_ids"].shape == batch["text_mask"].shape == (4, num, MAX_TEXT)
+        assert batch["expression_index"].shape == batch["expression_valid"].shape == (4, num)
+        for b in range(4):
+            name = pipeline.dataset_names(cfg)[batch["source_index"][b]]
+            record = records[name][int(batch["record_index"][b])]
+            video = "expressions" in record
+            sentences = record["expressions"] if video else record["sentences"]
+            objects = sentences["obj_id"] if video else sentences["object_index"]
+            chosen = batch["expression_index"][b]
+            valid = batch["expression_valid"][b]
+            assert valid.sum() == min(num, len(objects)) and valid[0] and not (valid[1:] > valid[:-1]).any()
+            padded += int((~valid).sum())
+            np.testing.assert_array_equal(chosen[~valid], chosen[0])  # padding repeats the first sentence
+            valid_objects = [int(objects[e]) for e in chosen[valid]]
+            assert len(set(chosen[valid].tolist())) == len(valid_objects)
+            assert len(set(valid_objects)) == min(len(valid_objects), len(set(int(o) for o in objects)))
+            h, w = batch["image_size"][b, 0]
+            for k, expression in enumerate(chosen):
+                ids, text_mask = tokenizer([clean_caption(decode_text(sentences["sentence"][expression]))])
+                np.testing.assert_array_equal(batch["input_ids"][b, k], ids[0])
+                if video:
+                    labels = np.stack([decode_label_map(record["label_maps"][i]) for i in batch["frame_indices"][b]])
+                    target = labels == int(objects[expression])
+                else:
+                    target = np.stack([decode_label_map(record["objects"]["mask"][int(objects[expression])]) > 0] * 3)
+                frames = [np.zeros(target.shape[1:] + (3,), np.uint8)] * 3
+                _, expected, _ = augment.resize_clip(frames, target, SIZE)
+                np.testing.assert_array_equal(batch["masks"][b, k, :, :h, :w], expected.astype(np.float32))
+    assert padded > 0  # single-object records were padded
 
 
 def test_same_seed_same_batches_and_resume(data_dir, tokenizer):

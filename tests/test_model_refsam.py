@@ -163,6 +163,19 @@ def test_track_token_only_affects_later_frames():
     assert diff[0] == 0 and diff[1] > 1e-4 and (diff[2:] == 0).all(), diff
 
 
+def test_several_sentences_per_clip_equal_one_call_each():
+    model = make_model()
+    frames, text, mask = inputs()
+    other_text, other_mask = text[::-1] + 0.5, mask[::-1]
+    per_clip, (token, has_token) = run(model, frames, jnp.stack([text, other_text], 1), jnp.stack([mask, other_mask], 1))
+    assert per_clip.shape == (2, 2, NUM_FRAMES, 32, 32) and token.shape == (4, 32) and has_token.shape == (4,)
+    for k, (sentence, sentence_mask) in enumerate([(text, mask), (other_text, other_mask)]):
+        alone, (alone_token, _) = run(model, frames, sentence, sentence_mask)
+        np.testing.assert_allclose(per_clip[:, k], alone, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(token.reshape(2, 2, -1)[:, k], alone_token, atol=1e-5, rtol=0)
+    assert np.abs(np.asarray(per_clip[:, 0] - per_clip[:, 1])).max() > 1e-4  # the sentences matter
+
+
 def test_scan_equals_frame_loop_and_chunks():
     model = make_model()
     frames, text, mask = inputs()

@@ -151,3 +151,17 @@ def test_mesh_and_parameter_shardings():
     assert spec((3, 5), 10) == jax.sharding.PartitionSpec()  # No dimension divisible by 2.
     assert spec((6, 4), 100) == jax.sharding.PartitionSpec()  # Below the size threshold.
     assert spec((6, 4), -1) == jax.sharding.PartitionSpec()  # FSDP off.
+
+
+def test_loss_of_several_sentences_per_clip_counts_the_valid_ones():
+    rng = np.random.default_rng(1)
+    low_res = rng.normal(size=(2, 3, 2, 8, 8)).astype(np.float32)  # [B, K, T, 4g, 4g]
+    masks = (rng.uniform(size=(2, 3, 2, 32, 32)) > 0.5).astype(np.float32)
+    image_size = np.array([[[32, 20]] * 2, [[17, 32]] * 2], np.int32)  # [B, T, 2]: the clip's, for every sentence
+    valid = np.array([[True, True, False], [True, False, False]])
+    loss, _ = losses.refsam_loss(jnp.asarray(low_res), jnp.asarray(masks), jnp.asarray(image_size), jnp.asarray(valid))
+    upsampled = np.asarray(losses.upsample_logits(jnp.asarray(low_res), 32), np.float64)
+    expected = np.mean([_numpy_loss(upsampled[b, k, t, :h, :w], masks[b, k, t, :h, :w])
+                        for b in range(2) for k in range(3) if valid[b, k]
+                        for t in range(2) for h, w in [image_size[b, t]]])
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)

@@ -13,6 +13,8 @@ Config keys (`config.data.*`; `default_data_config()` returns all of them with t
   num_frames        T, frames per clip (RefCOCO images are repeated T times)
   image_size        S, the model's input side (1024 for SAM, small for tests)
   max_text_length   L, tokens per sentence (padded/truncated, with a mask)
+  expressions_per_clip   K: sentences trained on one clip (1-8). K > 1 adds a K axis (below): the frames are
+                    encoded once for K sentences, of other objects of the record first
   max_crop_size     0, or the reference's protocol: frames first shrunk to at most this many px per side
                     (RefSAM: 512), then resized up to S (augment.resize_clip)
   batch_size        global batch; each of `shard_count` hosts yields batch_size // shard_count
@@ -31,9 +33,11 @@ their transform into it.
 
 Sampling unit: one record (a video, or a RefCOCO image) per sampler index; each draw then picks an
 expression (sentence) uniformly in it and, for videos, an anchor frame uniformly (resampled if the
-object is absent from the clip). RefSAM enumerates (expression, frame) pairs instead, which weighs
-videos by expressions x frames; drawing per record keeps an epoch one pass over the videos and
-needs no scan of the data to build an index.
+object is absent from the clip). With K = expressions_per_clip > 1, K - 1 more sentences of the record go
+with the same clip, those of objects not yet chosen first (the contrast "same frames, another sentence,
+another mask"); a record with fewer than K sentences repeats its first with `expression_valid` False.
+RefSAM enumerates (expression, frame) pairs instead, which weighs videos by expressions x frames; drawing
+per record keeps an epoch one pass over the videos and needs no scan of the data to build an index.
 All randomness of a sample comes from the rng grain's IndexSampler derives from (seed, position in
 the stream), so each example depends only on those two. Which positions share a batch depends on
 `num_workers` (each grain worker batches its own share), so a run is reproduced with the same seed
@@ -47,6 +51,8 @@ Batch (numpy, static shapes; B = batch_size // shard_count):
   input_ids    int32   [B, L];  text_mask bool [B, L]
   source_index, record_index, expression_index   int32 [B]  (which dataset, record and sentence)
   frame_indices int32  [B, T] indices into the video's frame list;  flipped bool [B]
+With K > 1: masks [B, K, T, S, S], input_ids / text_mask [B, K, L], expression_index / text_truncated
+[B, K], and expression_valid bool [B, K].
 """
 
 import bisect
@@ -66,6 +72,8 @@ from refsam_jax.sam import transforms
 from refsam_jax.text.tokenizer import clean_caption
 
 VIDEO_BUILDERS = ("ref_youtube_vos", "ref_davis17")
+PER_EXPRESSION = ("masks", "input_ids", "text_mask", "text_truncated", "expression_index")
+MAX_EXPRESSIONS_PER_CLIP = 8  # a clip's K masks travel through augmentation as the bits of one uint8 map
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -82,6 +90,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "num_frames": 3,
             "image_size": 1024,
             "max_text_length": 32,
+            "expressions_per_clip": 1,
             "max_crop_size": 0,
             "batch_size": 2,
             "num_epochs": ml_collections.FieldReference(None, field_type=int),
@@ -222,16 +231,40 @@ class ClipTransform(grain.transforms.RandomMap):
         except Exception as e:
             raise RuntimeError(f"input pipeline failed on {where} ({decode_text(video)}): {e}") from e
 
-    def _video_clip(
-        self, rng: np.random.Generator, record
-    ) -> Tuple[List[np.ndarray], np.ndarray, str, int, np.ndarray]:
+    def _expressions_per_clip(self) -> int:
+        count = int(self._data.expressions_per_clip)
+        if not 1 <= count <= MAX_EXPRESSIONS_PER_CLIP:
+            raise ValueError(f"data.expressions_per_clip must be in 1..{MAX_EXPRESSIONS_PER_CLIP}, got {count}")
+        return count
+
+    def _choose(self, rng: np.random.Generator, objects: Sequence[int]) -> Tuple[List[int], np.ndarray]:
+        """K positions into `objects` (the object of each candidate sentence) and whether each is valid: one
+        uniformly, then the others in random order, those of objects not chosen yet first; the first again
+        (invalid) when there are fewer than K."""
+        count = self._expressions_per_clip()
+        first = int(rng.integers(len(objects)))
+        chosen = [first]
+        if count > 1:
+            others = [int(i) for i in rng.permutation(len(objects)) if i != first]
+            seen = {objects[first]}
+            while others and len(chosen) < count:
+                pick = next((i for i in others if objects[i] not in seen), others[0])
+                others.remove(pick)
+                chosen.append(pick)
+                seen.add(objects[pick])
+        valid = np.arange(count) < len(chosen)
+        return chosen + [first] * (count - len(chosen)), valid
+
+    def _video_clip(self, rng: np.random.Generator, record) -> Tuple[List[np.ndarray], np.ndarray, List[int],
+                                                                      np.ndarray, np.ndarray]:
         expressions = record["expressions"]
         usable = [i for i, obj_id in enumerate(expressions["obj_id"]) if obj_id >= 0]
         if not usable or len(record["label_maps"]) == 0:
             raise ValueError("no expression with ground truth: this split cannot be used for training")
-        expression = usable[int(rng.integers(len(usable)))]
-        obj_id = int(expressions["obj_id"][expression])
-        row = record["object_ids"].tolist().index(obj_id)
+        chosen, valid = self._choose(rng, [int(expressions["obj_id"][i]) for i in usable])
+        chosen = [usable[i] for i in chosen]
+        obj_ids = [int(expressions["obj_id"][i]) for i in chosen]
+        row = record["object_ids"].tolist().index(obj_ids[0])
         _, indices = sampling.sample_clip(
             rng,
             record["object_present"][row],
@@ -239,63 +272,66 @@ class ClipTransform(grain.transforms.RandomMap):
             int(self._data.max_offset),
             int(self._data.max_resample),
         )
-        decoded = {
-            int(i): (decode_rgb(record["frames"][i]), decode_label_map(record["label_maps"][i]) == obj_id)
-            for i in set(indices.tolist())
-        }
+        decoded = {int(i): (decode_rgb(record["frames"][i]), decode_label_map(record["label_maps"][i]))
+                   for i in set(indices.tolist())}
         frames = [decoded[int(i)][0] for i in indices]
-        masks = np.stack([decoded[int(i)][1] for i in indices])
-        return frames, masks, decode_text(expressions["sentence"][expression]), expression, indices
+        labels = np.stack([decoded[int(i)][1] for i in indices])
+        masks = np.stack([labels == obj_id for obj_id in obj_ids])
+        return frames, masks, chosen, valid, indices
 
-    def _image_clip(
-        self, rng: np.random.Generator, record
-    ) -> Tuple[List[np.ndarray], np.ndarray, str, int, np.ndarray]:
+    def _image_clip(self, rng: np.random.Generator, record) -> Tuple[List[np.ndarray], np.ndarray, List[int],
+                                                                      np.ndarray, np.ndarray]:
         sentences = record["sentences"]
-        expression = int(rng.integers(len(sentences["sentence"])))
+        chosen, valid = self._choose(rng, [int(i) for i in sentences["object_index"]])
         image = decode_rgb(record["image"])
-        mask = decode_label_map(record["objects"]["mask"][int(sentences["object_index"][expression])]) > 0
         num_frames = int(self._data.num_frames)
-        frames = [image] * num_frames
-        masks = np.broadcast_to(mask, (num_frames,) + mask.shape)
-        return (
-            frames,
-            masks,
-            decode_text(sentences["sentence"][expression]),
-            expression,
-            np.zeros([num_frames], np.int32),
-        )
+        masks = np.stack([
+            np.broadcast_to(decode_label_map(record["objects"]["mask"][int(sentences["object_index"][i])]) > 0,
+                            (num_frames,) + image.shape[:2]) for i in chosen])
+        return [image] * num_frames, masks, chosen, valid, np.zeros([num_frames], np.int32)
+
+    def _sentence(self, record, kind: str, expression: int) -> str:
+        sentences = record["expressions"] if kind == "video" else record["sentences"]
+        return decode_text(sentences["sentence"][expression])
 
     def _example(self, rng: np.random.Generator, element, record) -> Dict[str, np.ndarray]:
-        clip = self._video_clip if self._kinds[element["source_index"]] == "video" else self._image_clip
-        frames, masks, sentence, expression, indices = clip(rng, record)
+        """One clip with K = expressions_per_clip sentences; the K axis is dropped when K = 1."""
+        kind = self._kinds[element["source_index"]]
+        clip = self._video_clip if kind == "video" else self._image_clip
+        frames, masks, expressions, valid, indices = clip(rng, record)  # masks bool [K, T, H, W]
         size = int(self._data.image_size)
-        aug = augment_lib.sample_clip_augment(rng, masks, self._data.augment) if self._data.augment.enabled else None
-        frames, masks, (h, w) = augment_lib.resize_clip(frames, masks, size, aug, int(self._data.max_crop_size))
-        sentence = clean_caption(sentence)
+        aug = augment_lib.sample_clip_augment(rng, masks[0], self._data.augment) if self._data.augment.enabled else None
+        shifts = np.arange(len(masks), dtype=np.uint8)[:, None, None, None]
+        bits = np.sum(masks.astype(np.uint8) << shifts, axis=0, dtype=np.uint8)  # nearest resizing keeps each bit
+        frames, bits, (h, w) = augment_lib.resize_clip(frames, bits, size, aug, int(self._data.max_crop_size))
+        sentences = [clean_caption(self._sentence(record, kind, e)) for e in expressions]
         if aug is not None and aug.flip:
-            sentence = augment_lib.swap_left_right(sentence)
-        input_ids, text_mask = self._tokenizer([sentence])
+            sentences = [augment_lib.swap_left_right(sentence) for sentence in sentences]
+        input_ids, text_mask = self._tokenizer(sentences)
         length = int(self._data.max_text_length)
         input_ids, text_mask = np.asarray(input_ids), np.asarray(text_mask)
-        if input_ids.shape != (1, length) or text_mask.shape != (1, length):
-            raise ValueError(
-                f"tokenizer returned shapes {input_ids.shape}, {text_mask.shape}; expected (1, {length}) each"
-            )
-        padded_masks = np.zeros([len(frames), size, size], dtype=np.float32)
-        padded_masks[:, :h, :w] = masks
-        return {
+        if input_ids.shape != (len(sentences), length) or text_mask.shape != (len(sentences), length):
+            raise ValueError(f"tokenizer returned shapes {input_ids.shape}, {text_mask.shape}; expected "
+                             f"({len(sentences)}, {length}) each")
+        padded_masks = np.zeros([len(expressions), len(frames), size, size], dtype=np.float32)
+        shifts = np.arange(len(expressions), dtype=np.uint8)[:, None, None, None]
+        padded_masks[:, :, :h, :w] = (bits[None] >> shifts) & 1
+        example = {
             "frames": normalize_and_pad(frames, size, aug.colour_ops if aug is not None else None),
             "masks": padded_masks,
             "image_size": np.tile(np.asarray([h, w], np.int32), (len(frames), 1)),
-            "input_ids": input_ids[0].astype(np.int32),
-            "text_mask": text_mask[0].astype(bool),
-            "text_truncated": np.bool_(self._tokenizer.lengths([sentence])[0] > length),
+            "input_ids": input_ids.astype(np.int32),
+            "text_mask": text_mask.astype(bool),
+            "text_truncated": self._tokenizer.lengths(sentences) > length,
             "source_index": np.int32(element["source_index"]),
             "record_index": np.int32(element["record_index"]),
-            "expression_index": np.int32(expression),
+            "expression_index": np.asarray(expressions, np.int32),
             "frame_indices": np.asarray(indices, np.int32),
             "flipped": np.bool_(aug is not None and aug.flip),
         }
+        if len(expressions) == 1:
+            return {key: value[0] if key in PER_EXPRESSION else value for key, value in example.items()}
+        return {**example, "expression_valid": valid}
 
 
 class GlobalBatchSlice:

@@ -195,16 +195,24 @@ class RefSAM(nnx.Module):
     def __call__(self, frames: jax.Array, text_features: jax.Array, text_mask: jax.Array,
                  track_state: Optional[TrackState] = None) -> Tuple[jax.Array, TrackState]:
         """A clip: `frames [B, T, S, S, 3]`, text `[B, L, C_t]` + mask `[B, L]` -> (low-res logits
-        `[B, T, 4g, 4g]`, final track state). Pass the returned state back in to continue the video."""
+        `[B, T, 4g, 4g]`, final track state). Pass the returned state back in to continue the video.
+
+        K sentences per clip: text `[B, K, L, C_t]` + mask `[B, K, L]` -> logits `[B, K, T, 4g, 4g]`; the frames
+        are encoded once and decoded for each sentence (track state batch B*K, rows clip-major)."""
         batch, num_frames = frames.shape[:2]
+        per_clip = text_features.shape[1] if text_features.ndim == 4 else 0
+        if per_clip:
+            text_features = text_features.reshape(batch * per_clip, *text_features.shape[2:])
+            text_mask = text_mask.reshape(batch * per_clip, text_mask.shape[-1])
         words, sentence = self.prompts(text_features, text_mask)
         embedding, interm = self.encode_frames(frames.reshape(batch * num_frames, *frames.shape[2:]))
 
-        def time_major(x):  # [B*T, ...] -> [T, B, ...]
-            return jnp.swapaxes(x.reshape(batch, num_frames, *x.shape[1:]), 0, 1)
+        def time_major(x):  # [B*T, ...] -> [T, B*K, ...]
+            x = jnp.swapaxes(x.reshape(batch, num_frames, *x.shape[1:]), 0, 1)
+            return jnp.repeat(x, per_clip, axis=1) if per_clip else x
 
         if track_state is None:
-            track_state = self.initial_track_state(batch)
+            track_state = self.initial_track_state(batch * max(per_clip, 1))
 
         def step(state, inputs):
             frame_embedding, frame_interm = inputs
@@ -213,7 +221,8 @@ class RefSAM(nnx.Module):
 
         track_state, logits = jax.lax.scan(step, track_state,
                                            (time_major(embedding), [time_major(x) for x in interm]))
-        return jnp.swapaxes(logits, 0, 1), track_state
+        logits = jnp.swapaxes(logits, 0, 1)
+        return (logits.reshape(batch, per_clip, *logits.shape[1:]) if per_clip else logits), track_state
 
 
 def build_refsam(config: ml_collections.ConfigDict, *, sam: Optional[Sam] = None, seed: int = 0,

@@ -8,7 +8,7 @@ augmented image size.
 SAM (`sam_loss`): 20 focal + 1 Dice on the best of the candidate masks, plus the MSE of the predicted IoUs.
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -48,26 +48,35 @@ def sigmoid_focal_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array
     return jnp.sum(focal * weights, axis=(-2, -1)) / jnp.maximum(jnp.sum(weights, axis=(-2, -1)), 1.0)
 
 
-def refsam_loss(low_res_logits: jax.Array, masks: jax.Array, image_size: jax.Array, *, dice_weight: float = 1.0,
-                focal_weight: float = 1.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0
-                ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    """Dice + focal on every frame of every clip.
+def refsam_loss(low_res_logits: jax.Array, masks: jax.Array, image_size: jax.Array,
+                expression_valid: Optional[jax.Array] = None, *, dice_weight: float = 1.0, focal_weight: float = 1.0,
+                focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """Dice + focal on every frame of every clip (and every sentence of it).
 
     Args:
-      low_res_logits: `[B, T, 4g, 4g]` mask-decoder logits.
-      masks: `[B, T, S, S]` float {0, 1} ground truth, padded like the frames.
+      low_res_logits: `[B, T, 4g, 4g]` mask-decoder logits, or `[B, K, T, 4g, 4g]` for K sentences per clip.
+      masks: `[B, T, S, S]` (or `[B, K, T, S, S]`) float {0, 1} ground truth, padded like the frames.
       image_size: `[B, T, 2]` int valid (h, w) of each frame inside S x S.
+      expression_valid: with K sentences, bool `[B, K]`: the sentences that count (others weigh 0).
     Returns:
-      the scalar loss (mean over B x T of dice_weight * dice + focal_weight * focal) and its two parts.
+      the scalar loss (mean over the B x T (x valid K) masks of dice_weight * dice + focal_weight * focal) and its
+      two parts.
     """
     size = masks.shape[-1]
     logits = upsample_logits(low_res_logits.astype(jnp.float32), size)
+    if masks.ndim == 5:
+        image_size = image_size[:, None]
     weights = valid_mask(image_size, size)
     masks = masks.astype(jnp.float32)
     dice = dice_loss(logits, masks, weights)
     focal = sigmoid_focal_loss(logits, masks, weights, focal_alpha, focal_gamma)
-    loss = jnp.mean(dice_weight * dice + focal_weight * focal)
-    return loss, {"dice": jnp.mean(dice), "focal": jnp.mean(focal)}
+    counts = jnp.ones(dice.shape[:-1]) if expression_valid is None else expression_valid.astype(jnp.float32)
+    counts = jnp.broadcast_to(counts[..., None], dice.shape)
+
+    def mean(x):
+        return jnp.sum(x * counts) / jnp.maximum(jnp.sum(counts), 1.0)
+
+    return mean(dice_weight * dice + focal_weight * focal), {"dice": mean(dice), "focal": mean(focal)}
 
 
 def mask_iou(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
