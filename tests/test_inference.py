@@ -2,9 +2,11 @@
 reading and model loading errors. Tiny SAM (64 px) and a tiny random BERT text encoder."""
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -441,3 +443,27 @@ def test_ytvos_valid_submission_zip(ytvos, segmenter, tmp_path):
                                    images_root=str(root / "raw" / "valid" / "JPEGImages"), expected_num_videos=None)
     assert report.num_videos == checked.num_videos == 2  # The valid meta lists 2 valid + 1 test videos.
     assert report.num_files == checked.num_files == 3 * report.num_expressions
+
+
+def test_evaluate_thresholds_at_the_runs_eval_threshold_unless_given(ytvos, segmenter, tmp_path):
+    from refsam_jax import evaluate
+    from refsam_jax.task import refsam_config
+
+    root, _ = ytvos
+    config = refsam_config()
+    config.model = tiny_config()
+    config.eval.threshold = 1e9
+    loaded = inference.LoadedModel(segmenter.model, segmenter.text_encoder, config, 0, "test")
+
+    def masks(out):  # Every mask pixel of the submission zip.
+        with zipfile.ZipFile(os.path.join(out, "submission.zip")) as archive:
+            return np.concatenate([np.asarray(Image.open(io.BytesIO(archive.read(name)))).ravel()
+                                   for name in archive.namelist() if name.endswith(".png")])
+
+    kwargs = dict(data_dir=str(root / "tfds"), manual_dir=str(root / "raw"), chunk_size=3, expression_batch=2,
+                  valid_videos=0)
+    default = evaluate.evaluate(loaded, "ytvos_valid", str(tmp_path), str(tmp_path / "default"), **kwargs)
+    assert default["threshold"] == 1e9 and set(np.unique(masks(tmp_path / "default"))) == {0}
+    given = evaluate.evaluate(loaded, "ytvos_valid", str(tmp_path), str(tmp_path / "given"), threshold=-1e9,
+                              **kwargs)
+    assert given["threshold"] == -1e9 and set(np.unique(masks(tmp_path / "given"))) == {255}
