@@ -1,6 +1,7 @@
 """Video inference cost: per-frame time and peak memory vs video length, chunked with a carried track state.
 
-    python benchmarks/video_inference.py [--frames 8 16 32 64] [--chunk 8] [--model small|vit_b]
+    python benchmarks/video_inference.py [--frames 8 16 32 64] [--chunk 8] [--model small|tiny|vit_b]
+                                         [--expressions 1 2 4 8] [--expression_frames 16]
 
 Each video is processed in chunks of `--chunk` frames by one jitted call that takes and returns the track
 state, so time should grow linearly with the number of frames and peak memory should stay flat. As the
@@ -9,6 +10,14 @@ once, one scan): its peak memory grows with the video length. Times are the best
 process CPU time is printed too, as wall time is noisy on a shared machine. Peak memory is the host RSS sampled every
 2 ms during the video (psutil), and the device's `peak_bytes_in_use` where `memory_stats()` has it
 (GPU/TPU; it is a process-wide high-water mark, so videos run in increasing length).
+
+Expressions: N expressions (`--expressions`) of one video of `--expression_frames` frames (the first frames of
+the same random video), segmented in one pass as `refsam_jax.inference.VideoSegmenter` does with
+`expression_batch` >= N: per chunk, the image encoder runs once on the frames (its jitted `_encode_jit`), then
+the N expressions (random text features, each its own track state) go through Dense Attention and the decoder
+as one batch (`_decode_jit`). Reported per N: video frames/s and (expression, frame) pairs/s, each also as the
+ratio to N = 1, and the process CPU time per video frame. Not timed, here as above: reading and resizing
+frames, the text encoder (once per expression), upsampling the masks to the video's size.
 """
 
 import argparse
@@ -24,10 +33,12 @@ import numpy as np
 import psutil
 from flax import nnx
 
+from refsam_jax import inference
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.refsam import build_refsam
 from refsam_jax.sam.build import build_sam
-from refsam_jax.sam.config import SAM_CONFIGS, SamConfig
+from refsam_jax.sam.config import SAM_CONFIGS, SamConfig, tiny_config
+from refsam_jax.sam.transforms import normalize
 
 SMALL_SAM = SamConfig(encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=3, encoder_global_attn_indexes=(1, 3),
                       img_size=256, patch_size=16, window_size=7, prompt_embed_dim=64, decoder_mlp_dim=256,
@@ -72,24 +83,77 @@ def build(model: str, text_width: int):
     config.text.width = text_width
     if model == "small":
         sam = build_sam("custom", config=SMALL_SAM, seed=0)
+    elif model == "tiny":  # the unit tests' SAM (64 px), for tests/test_video_benchmark.py
+        sam = build_sam("custom", config=tiny_config(), seed=0)
     else:
         config.sam.model_type = model
         sam = build_sam(model, config=SAM_CONFIGS[model], seed=0)
     return build_refsam(config, sam=sam, seed=0), sam.config
 
 
+def expression_figure(model, frames: np.ndarray, text: jax.Array, mask: jax.Array, counts: List[int],
+                      num_frames: int, chunk: int, repeats: int) -> List[Dict]:
+    """One row per N in `counts`: the first `num_frames` of uint8 `frames [T, S, S, 3]` segmented for the first N
+    expressions of `text [E, L, C_t]`, `mask [E, L]` in one pass, `chunk` frames per call, as `VideoSegmenter`
+    does (image encoder once per frame, the N expressions decoded as one batch, each with its own track
+    state). Times are the best of `repeats` runs after a warm-up; ratios are to the first count's row."""
+    graphdef, state = nnx.split(model)
+    size = frames.shape[1]
+    content = np.asarray((size, size), np.int32)
+    valid = np.ones(chunk, bool)
+
+    def run_video(n: int) -> Tuple[float, float]:
+        """(wall, process CPU) seconds for the video with the first n expressions."""
+        features, text_mask = text[None, :n], mask[None, :n]  # [K=1, B=n, ...]: n independent expressions
+        present = np.ones((1, n), bool)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        track_state = model.initial_track_state(n)
+        for first in range(0, num_frames, chunk):
+            embedding, interm = inference._encode_jit(graphdef, state, frames[first:first + chunk], content)
+            logits, track_state = inference._decode_jit(graphdef, state, embedding, interm, valid, features,
+                                                        text_mask, present, track_state)
+            np.asarray(logits)  # to the host, as a real writer of masks would
+        jax.block_until_ready(track_state)
+        return time.perf_counter() - start, time.process_time() - start_cpu
+
+    rows: List[Dict] = []
+    for n in counts:
+        run_video(n)  # compile this number of expressions (and warm up)
+        with PeakRss() as rss:
+            runs = [run_video(n) for _ in range(repeats)]
+        seconds, cpu_seconds = min(r[0] for r in runs), min(r[1] for r in runs)
+        rows.append({"mode": "expressions", "expressions": n, "frames": num_frames, "chunk": chunk,
+                     "seconds": seconds, "frames_per_s": num_frames / seconds,
+                     "pairs_per_s": n * num_frames / seconds, "ms_per_frame": 1e3 * seconds / num_frames,
+                     "cpu_ms_per_frame": 1e3 * cpu_seconds / num_frames, "peak_rss_mib": rss.peak / 2**20,
+                     "device_peak_mib": (None if device_peak_bytes() is None else device_peak_bytes() / 2**20)})
+    for row in rows:
+        row["frames_per_s_ratio"] = row["frames_per_s"] / rows[0]["frames_per_s"]
+        row["pairs_per_s_ratio"] = row["pairs_per_s"] / rows[0]["pairs_per_s"]
+        row["cpu_ms_per_frame_ratio"] = row["cpu_ms_per_frame"] / rows[0]["cpu_ms_per_frame"]
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--chunk", type=int, default=8, help="frames per jitted call")
-    parser.add_argument("--model", default="small", choices=["small"] + list(SAM_CONFIGS))
+    parser.add_argument("--model", default="small", choices=["small", "tiny"] + list(SAM_CONFIGS),
+                        help="small: a 256 px SAM (D=96, depth 4); tiny: 64 px, for tests")
     parser.add_argument("--text_width", type=int, default=64)
     parser.add_argument("--text_length", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3, help="runs per video; the fastest is reported")
+    parser.add_argument("--expressions", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="numbers of expressions segmented in one pass over one video (ratios are to the "
+                             "first)")
+    parser.add_argument("--expression_frames", type=int, default=16,
+                        help="frames of the video the expressions are segmented in")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args(argv)
-    if any(n % args.chunk for n in args.frames):
-        parser.error(f"every --frames value must be a multiple of --chunk {args.chunk}")
+    if any(n % args.chunk for n in args.frames + [args.expression_frames]):
+        parser.error(f"every --frames value and --expression_frames must be a multiple of --chunk {args.chunk}")
+    if min(args.expressions) < 1:
+        parser.error("every --expressions value must be >= 1")
 
     model, sam_config = build(args.model, args.text_width)
     model.eval()
@@ -101,11 +165,14 @@ def main(argv=None) -> int:
         return nnx.merge(graphdef, state)(frames, text, mask, track_state)
 
     rng = np.random.default_rng(0)
-    text = jnp.asarray(rng.normal(size=(1, args.text_length, args.text_width)), jnp.float32)
-    mask = jnp.arange(args.text_length)[None] < args.text_length - 3
+    num_texts = max(args.expressions)
+    texts = jnp.asarray(rng.normal(size=(num_texts, args.text_length, args.text_width)), jnp.float32)
+    masks = jnp.broadcast_to(jnp.arange(args.text_length) < args.text_length - 3, (num_texts, args.text_length))
+    text, mask = texts[:1], masks[:1]
     initial = model.initial_track_state(1)
 
-    frames = jnp.asarray(rng.normal(size=(1, max(args.frames), size, size, 3)), jnp.float32)
+    video = rng.integers(0, 256, size=(max(args.frames + [args.expression_frames]), size, size, 3), dtype=np.uint8)
+    frames = jnp.asarray(normalize(video.astype(np.float32)))[None]  # [1, T, S, S, 3], SAM-normalised
 
     def run_video(num_frames: int, chunk: int) -> Tuple[float, float]:
         """(wall, process CPU) seconds for the first `num_frames` frames, `chunk` frames per call."""
@@ -130,6 +197,9 @@ def main(argv=None) -> int:
                             "cpu_ms_per_frame": 1e3 * cpu_seconds / num_frames, "peak_rss_mib": rss.peak / 2**20,
                             "device_peak_mib": (None if device_peak_bytes() is None
                                                 else device_peak_bytes() / 2**20)})
+    expressions = expression_figure(model, video, texts, masks, args.expressions, args.expression_frames,
+                                    args.chunk, args.repeats)
+    results.extend(expressions)
 
     device = jax.devices()[0]
     print(f"RefSAM video inference, model {args.model} ({size}px, ViT D={sam_config.encoder_embed_dim}, "
@@ -137,7 +207,7 @@ def main(argv=None) -> int:
           f"text {args.text_length}x{args.text_width}")
     print(f"{'mode':<12}{'frames':>7}{'chunk':>6}{'total s':>9}{'ms/frame':>10}{'CPU ms/frame':>14}"
           f"{'peak RSS MiB':>14}{'device peak MiB':>17}")
-    for r in results:
+    for r in results[:len(results) - len(expressions)]:
         device_peak = "n/a" if r["device_peak_mib"] is None else f"{r['device_peak_mib']:.0f}"
         print(f"{r['mode']:<12}{r['frames']:>7}{r['chunk']:>6}{r['seconds']:>9.2f}{r['ms_per_frame']:>10.1f}"
               f"{r['cpu_ms_per_frame']:>14.1f}{r['peak_rss_mib']:>14.0f}{device_peak:>17}")
@@ -150,6 +220,19 @@ def main(argv=None) -> int:
           f"CPU time; peak RSS {first['peak_rss_mib']:.0f} -> {last['peak_rss_mib']:.0f} MiB")
     print(f"at {last['frames']} frames: chunked / whole-video time {last['seconds'] / whole[-1]['seconds']:.2f}, "
           f"peak RSS {last['peak_rss_mib']:.0f} vs {whole[-1]['peak_rss_mib']:.0f} MiB")
+    ratio = f"x N={expressions[0]['expressions']}"  # the ratio to the first row
+    print(f"expressions: one video of {args.expression_frames} frames, chunk {args.chunk}; the image encoder once per "
+          f"frame, the expressions decoded as one batch; frames/s: video frames, pairs/s: (expression, frame) pairs")
+    print(f"{'N':>4}{'total s':>9}{'frames/s':>10}{ratio:>8}{'pairs/s':>10}{ratio:>8}{'CPU ms/frame':>14}{ratio:>8}"
+          f"{'peak RSS MiB':>14}")
+    for r in expressions:
+        print(f"{r['expressions']:>4}{r['seconds']:>9.2f}{r['frames_per_s']:>10.1f}{r['frames_per_s_ratio']:>8.2f}"
+              f"{r['pairs_per_s']:>10.1f}{r['pairs_per_s_ratio']:>8.2f}{r['cpu_ms_per_frame']:>14.1f}"
+              f"{r['cpu_ms_per_frame_ratio']:>8.2f}{r['peak_rss_mib']:>14.0f}")
+    many = expressions[-1]
+    print(f"{many['expressions']} expressions vs {expressions[0]['expressions']}: {many['frames_per_s_ratio']:.2f}x "
+          f"the video frames/s, {many['pairs_per_s_ratio']:.2f}x the (expression, frame) pairs/s, "
+          f"{many['cpu_ms_per_frame_ratio']:.2f}x the CPU time per frame")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

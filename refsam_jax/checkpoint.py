@@ -6,7 +6,10 @@ Each checkpoint holds four items:
   - 'data': the grain iterator state of every host (so a resumed run reads the same batches),
   - 'meta': JSON with the step, the model config and the path -> shape of every trainable parameter.
 The meta item is read and compared with the current run before anything else is restored, so a checkpoint
-of another model config gives a clear error before any compute.
+of another model config gives a clear error before any compute. A key of the current model config that the
+checkpoint's lacks (it was saved before the key existed) is read as the key's default when the caller gives
+the defaults (RefSAM: `refsam_jax.model.config.default_model_config()`), since a new key defaults to the
+behaviour from before it; a key present with another value is still an error.
 """
 
 import json
@@ -16,6 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import nnx
 
@@ -32,7 +36,9 @@ def describe_params(state: nnx.State) -> Dict[str, list]:
             for path, variable in nnx.to_flat_state(state)}
 
 
-def _differences(found: Mapping[str, Any], expected: Mapping[str, Any], limit: int = 10) -> str:
+def _differences(found: Mapping[str, Any], expected: Mapping[str, Any], limit: int = 10,
+                 filled: Mapping[str, Any] = ()) -> str:
+    """One line per key that differs; `filled`: keys absent from `found` but read as their defaults."""
     lines = []
     for key in sorted(set(found) | set(expected)):
         if key not in expected:
@@ -40,7 +46,9 @@ def _differences(found: Mapping[str, Any], expected: Mapping[str, Any], limit: i
         elif key not in found:
             lines.append(f"  {key}: absent in the checkpoint, {expected[key]!r} now")
         elif found[key] != expected[key]:
-            lines.append(f"  {key}: {found[key]!r} in the checkpoint, {expected[key]!r} now")
+            saved = (f"absent in the checkpoint (saved before the key existed: its default {found[key]!r})"
+                     if key in filled else f"{found[key]!r} in the checkpoint")
+            lines.append(f"  {key}: {saved}, {expected[key]!r} now")
     more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
     return "\n".join(lines[:limit]) + more
 
@@ -55,20 +63,38 @@ def _flatten_config(config: Mapping[str, Any], prefix: str = "") -> Dict[str, An
     return flat
 
 
+def check_model_config(saved: Mapping[str, Any], model_config: Mapping[str, Any], source: str,
+                       defaults: Optional[Mapping[str, Any]] = None) -> None:
+    """Raises CheckpointMismatchError naming every key where the model config saved in the checkpoint at
+    `source` differs from `model_config`. Keys of `model_config` that the saved config lacks but `defaults` has
+    are read as their defaults (logged): a run saved before a key existed ran as its default does."""
+    found = _flatten_config(saved)
+    expected = _flatten_config(json.loads(json.dumps(model_config)))
+    filled: Dict[str, Any] = {}
+    if defaults is not None:
+        flat_defaults = _flatten_config(json.loads(json.dumps(defaults)))
+        filled = {key: flat_defaults[key] for key in expected if key not in found and key in flat_defaults}
+    if filled:
+        logging.warning("%s was saved before the model config keys %s existed; reading them as their defaults (%s)",
+                        source, ", ".join(sorted(filled)),
+                        ", ".join(f"{key}={value!r}" for key, value in sorted(filled.items())))
+        found.update(filled)
+    if found != expected:
+        raise CheckpointMismatchError(f"{source} was saved for another model config:\n"
+                                      f"{_differences(found, expected, filled=filled)}")
+
+
 def optimizer_structure(optim: Mapping[str, Any]) -> Dict[str, Any]:
     """The `config.optim` settings that shape the optimizer state (a checkpoint's state fits only these)."""
     return {"clip_grad_norm": bool(optim["clip_grad_norm"]), "accumulate_steps": int(optim["accumulate_steps"])}
 
 
 def check_meta(meta: Mapping[str, Any], model_config: Mapping[str, Any], trainable_shapes: Mapping[str, list],
-               source: str, optimizer: Optional[Mapping[str, Any]] = None) -> None:
+               source: str, optimizer: Optional[Mapping[str, Any]] = None,
+               model_defaults: Optional[Mapping[str, Any]] = None) -> None:
     """Raises CheckpointMismatchError if the checkpoint at `source` was made for another model, groups or
-    optimizer structure (`optimizer_structure`)."""
-    found = _flatten_config(meta["model_config"])
-    expected = _flatten_config(json.loads(json.dumps(model_config)))
-    if found != expected:
-        raise CheckpointMismatchError(
-            f"{source} was saved for another model config:\n{_differences(found, expected)}")
+    optimizer structure (`optimizer_structure`); `model_defaults`: as `check_model_config`'s `defaults`."""
+    check_model_config(meta["model_config"], model_config, source, model_defaults)
     if meta["trainable_shapes"] != trainable_shapes:
         raise CheckpointMismatchError(
             f"{source} holds other trainable parameters (check the trainable rules):\n"
@@ -130,12 +156,14 @@ class TrainCheckpointer:
         self._manager.close()
 
 
-def load_trained_params(model: nnx.Module, checkpoint_dir: str, model_config: Mapping[str, Any]) -> int:
+def load_trained_params(model: nnx.Module, checkpoint_dir: str, model_config: Mapping[str, Any], *,
+                        model_defaults: Optional[Mapping[str, Any]] = None) -> int:
     """Writes the trainable params of the latest checkpoint under `checkpoint_dir` into `model`.
 
     Used to start a run from another run (e.g. Ref-YTVOS from RefCOCO pre-training): the parameters the
     other run trained replace those of `model` path by path; the others keep their values. The model
-    configs must agree. Returns the step of the loaded checkpoint.
+    configs must agree (`check_model_config`, with `model_defaults` for keys the checkpoint's lacks).
+    Returns the step of the loaded checkpoint.
     """
     directory = epath.Path(os.path.abspath(checkpoint_dir))
     if not directory.exists():
@@ -148,10 +176,7 @@ def load_trained_params(model: nnx.Module, checkpoint_dir: str, model_config: Ma
         raise FileNotFoundError(f"no checkpoint in {directory}")
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     source = f"{directory}/{step}"
-    found = _flatten_config(meta["model_config"])
-    expected = _flatten_config(json.loads(json.dumps(model_config)))
-    if found != expected:
-        raise CheckpointMismatchError(f"{source} was saved for another model config:\n{_differences(found, expected)}")
+    check_model_config(meta["model_config"], model_config, source, model_defaults)
     model_params = {param_rules.path_to_str(path): (path, variable)
                     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     saved = meta["trainable_shapes"]

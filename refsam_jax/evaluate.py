@@ -9,7 +9,8 @@ initialises it), built from `--config` or `<workdir>/config.json`. Its data sett
 synthetic data under `<workdir>/data` when `config.synthetic.enabled`) locate Ref-YouTube-VOS;
 `--data_dir` / `--manual_dir` override them (Ref-DAVIS17 needs them: the training config names Ref-YTVOS).
 
-Datasets (inference protocol in inference.py; masks are `logit > --threshold`):
+Datasets (inference protocol in inference.py; masks are `logit > --threshold`, by default the run's
+`config.eval.threshold`, as during training):
   ytvos_heldout  train videos held out of training: J, F, J&F per expression (MeViS protocol,
                  DATASETS.md §1.6), reported as "local", never as Ref-YTVOS valid.
   davis          Ref-DAVIS17 valid: per expression set, each frame's objects merged into an index PNG (a
@@ -57,7 +58,8 @@ def define_flags() -> dict:
         "untrained": flags.DEFINE_bool("untrained", False, "Evaluate the model at initialisation instead."),
         "data_dir": flags.DEFINE_string("data_dir", None, "TFDS data dir (default: config.data.data_dir)."),
         "manual_dir": flags.DEFINE_string("manual_dir", None, "Raw dataset folder (default: config.data.manual_dir)."),
-        "threshold": flags.DEFINE_float("threshold", 0.0, "Mask = logit > threshold (official: 0.01 / 0.1)."),
+        "threshold": flags.DEFINE_float("threshold", None, "Mask = logit > threshold (default: the run's "
+                                        "config.eval.threshold; official: 0.01 / 0.1)."),
         "chunk_size": flags.DEFINE_integer("chunk_size", 8, "Frames per model call."),
         "expression_batch": flags.DEFINE_integer("expression_batch", 4, "Expressions decoded together."),
         "dtype": flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype of SAM's image encoder."),
@@ -78,10 +80,11 @@ def data_locations(config, workdir: str, data_dir: Optional[str], manual_dir: Op
 
 
 def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, *,
-             data_dir: Optional[str] = None, manual_dir: Optional[str] = None, threshold: float = 0.0,
+             data_dir: Optional[str] = None, manual_dir: Optional[str] = None, threshold: Optional[float] = None,
              chunk_size: int = 8, expression_batch: int = 4, max_videos: int = 0,
              valid_videos: int = 202) -> Dict[str, object]:
-    """Runs one evaluation of `loaded` (an `inference.LoadedModel`); writes its outputs and returns a summary."""
+    """Runs one evaluation of `loaded` (an `inference.LoadedModel`); writes its outputs and returns a summary.
+    Masks are `logit > threshold` (None: the run's `config.eval.threshold`)."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     config = loaded.config
@@ -101,7 +104,7 @@ def evaluate(loaded, dataset: str, workdir: str, out_dir: Optional[str] = None, 
                           devices=jax.local_devices()[:1] if jax.process_count() > 1 else None)
     start = time.perf_counter()
     summary: Dict[str, object] = {"dataset": dataset, "model": loaded.source, "step": loaded.step,
-                                  "threshold": threshold, "out": out_dir,
+                                  "threshold": segmenter.threshold, "out": out_dir,
                                   "dtype": jnp.dtype(loaded.model.sam.image_encoder.dtype).name}
     if dataset == "ytvos_heldout":
         result = evaluate_ytvos_heldout(segmenter, data_dir, os.path.join(out_dir, "predictions"),

@@ -42,11 +42,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 from PIL import Image
 
 from refsam_jax import paths
 from refsam_jax.checkpoint import load_trained_params
+from refsam_jax.model.config import default_model_config, fill_model_defaults
 from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text
 from refsam_jax.sam.transforms import (
     apply_postprocess,
@@ -418,20 +420,34 @@ WORKDIR_CONFIG = "config.json"
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """A config file: Python with `get_config()` (optionally `path:arg`), or the JSON a training run saved."""
+    """A config file: Python with `get_config()` (optionally `path:arg`), or the JSON a training run saved (a
+    RefSAM run's saved before a model key existed gets that key at its default: `with_model_defaults`)."""
     path, _, arg = os.fspath(path).partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} does not exist")
     if path.endswith(".json"):
         with open(path) as f:
             try:
-                return ml_collections.ConfigDict(json.load(f))
+                return with_model_defaults(ml_collections.ConfigDict(json.load(f)), path)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} is not valid JSON: {e}") from e
     module = runpy.run_path(path)
     if "get_config" not in module:
         raise ValueError(f"config file {path} has no get_config()")
     return module["get_config"](*([arg] if arg else []))
+
+
+def with_model_defaults(config: ml_collections.ConfigDict, source: str) -> ml_collections.ConfigDict:
+    """A RefSAM run's saved config with the model keys added since it was saved at their defaults
+    (`refsam_jax.model.config.fill_model_defaults`: a new key defaults to the behaviour from before it), in place;
+    logs the keys it fills. Other tasks' configs are returned as they are."""
+    if config.get("task", "refsam") == "refsam" and isinstance(config.get("model"), ml_collections.ConfigDict):
+        added = fill_model_defaults(config.model)
+        if added:
+            logging.warning("%s was saved before the model config keys %s existed; reading them as their defaults "
+                            "(%s)", source, ", ".join(sorted(added)),
+                            ", ".join(f"{key}={value!r}" for key, value in sorted(added.items())))
+    return config
 
 
 def checkpoint_location(path: str) -> Tuple[str, Optional[str]]:
@@ -478,9 +494,10 @@ def load_model(config: ml_collections.ConfigDict, checkpoint_dir: Optional[str] 
     and, when `checkpoint_dir` is given, loads the trained parameters of its latest checkpoint.
 
     Without a SAM checkpoint the frozen SAM weights are the seeded random initialisation, so they equal those
-    the run trained with only for the same `config.seed`. `text_encoder`: reuse one already loaded (its
-    compiled forward with it) instead of loading `config.model.text.encoder` again. `dtype` ("float32" or
-    "bfloat16"): the compute dtype of SAM's image encoder.
+    the run trained with only for the same `config.seed`. A checkpoint saved before a model key existed loads
+    when the key has its default in `config` (`checkpoint.check_model_config`). `text_encoder`: reuse one
+    already loaded (its compiled forward with it) instead of loading `config.model.text.encoder` again. `dtype`
+    ("float32" or "bfloat16"): the compute dtype of SAM's image encoder.
     """
     if text_encoder is None:
         text_encoder = load_text_encoder(config.model.text.encoder, config.model.text.max_length,
@@ -488,6 +505,7 @@ def load_model(config: ml_collections.ConfigDict, checkpoint_dir: Optional[str] 
     model = build_refsam(config.model, seed=config.seed, dtype=named_dtype(dtype))
     step, source = 0, "untrained (initialisation)"
     if checkpoint_dir is not None:
-        step = load_trained_params(model, checkpoint_dir, config.model.to_dict())
+        step = load_trained_params(model, checkpoint_dir, config.model.to_dict(),
+                                   model_defaults=default_model_config().to_dict())
         source = f"{checkpoint_dir}/{step}"
     return LoadedModel(model, text_encoder, config, step, source)

@@ -11,7 +11,8 @@ file the model was trained with, `--config.<key>=<value>` overrides allowed) or 
 
 Writes `<out>/<i>_<slug>/<frame>.png` (0/255 masks at the frame size, expression i) and
 `<out>/overlay.gif` (+ `overlay.mp4` when ffmpeg works): each expression in its colour, the sentences
-below the frame. Masks are `logit > --threshold` (default 0, i.e. sigmoid > 0.5; see inference.py).
+below the frame. Masks are `logit > --threshold`, by default the run's `config.eval.threshold` (0, i.e.
+sigmoid > 0.5, unless the run set another; see inference.py).
 The video is decoded once: masks and overlay are written as the frames come out of the model.
 """
 
@@ -45,7 +46,8 @@ def define_flags() -> dict:
                                                   "Training config file (default: <workdir>/config.json)."),
         "random_init": flags.DEFINE_bool("random-init", False, "Use an untrained model (smoke tests)."),
         "out": flags.DEFINE_string("out", None, "Output folder."),
-        "threshold": flags.DEFINE_float("threshold", 0.0, "Mask = logit > threshold (official: 0.01 / 0.1)."),
+        "threshold": flags.DEFINE_float("threshold", None, "Mask = logit > threshold (default: the run's "
+                                        "config.eval.threshold; official: 0.01 / 0.1)."),
         "chunk_size": flags.DEFINE_integer("chunk_size", 8, "Frames per model call."),
         "dtype": flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype of SAM's image encoder."),
         "fps": flags.DEFINE_float("fps", None, "Overlay frame rate (default: the video's, or 10 for frames)."),
@@ -77,16 +79,18 @@ def _teed(frames: Iterable[np.ndarray], seen: collections.deque) -> Iterator[np.
         yield frame
 
 
-def predict(video, sentences: Sequence[str], out: str, loaded, *, threshold: float = 0.0,
+def predict(video, sentences: Sequence[str], out: str, loaded, *, threshold: Optional[float] = None,
             chunk_size: int = 8, expression_batch: Optional[int] = None, fps=None, overlay: bool = True,
             gif_max_side: int = 480, overlay_min_side: int = 384) -> dict:
     """Runs `loaded` (an `inference.LoadedModel`) on the video (a path or an opened `inference.VideoFrames`)
     and writes masks and overlay under `out`, reading the video once.
 
-    `expression_batch`: expressions decoded together (default: all of them). `overlay_min_side`: a smaller video
-    is enlarged to this long side for the overlay, so its captions are legible (the masks keep the video's size).
+    `threshold`: masks are `logit > threshold` (None: the run's `config.eval.threshold`). `expression_batch`:
+    expressions decoded together (default: all of them). `overlay_min_side`: a smaller video is enlarged to this
+    long side for the overlay, so its captions are legible (the masks keep the video's size).
 
-    Returns a summary: frames, seconds, frames/s, output paths, mean foreground fraction per expression.
+    Returns a summary: frames, seconds, frames/s, output paths, mean foreground fraction per expression, the
+    threshold used.
     """
     video = video if isinstance(video, inference.VideoFrames) else inference.open_video(video)
     seg = Segmenter(loaded, threshold=threshold, chunk_size=chunk_size,
@@ -113,7 +117,7 @@ def predict(video, sentences: Sequence[str], out: str, loaded, *, threshold: flo
     seconds = time.perf_counter() - start
     summary = {"frames": len(video), "seconds": seconds, "frames_per_s": len(video) / seconds,
                "mask_dirs": mask_dirs, "foreground": (foreground / len(video)).tolist(), "overlay": [],
-               "model": loaded.source}
+               "model": loaded.source, "threshold": seg.threshold}
     if writer is not None:
         summary["overlay"] = writer.paths
         if writer.mp4_error:
@@ -144,7 +148,8 @@ def main(argv, flag_values: dict):
     summary = predict(video, sentences, value["out"], loaded, threshold=value["threshold"],
                       chunk_size=value["chunk_size"], fps=value["fps"], overlay=value["overlay"],
                       gif_max_side=value["gif_max_side"], overlay_min_side=value["overlay_min_side"])
-    print(f"model: {summary['model']}")
+    source = "--threshold" if value["threshold"] is not None else "the run's eval.threshold"
+    print(f"model: {summary['model']}; masks: logit > {summary['threshold']:g} ({source})")
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s, compilation included "
           f"({summary['frames_per_s']:.1f} frames/s)")
     for folder, fraction in zip(summary["mask_dirs"], summary["foreground"]):

@@ -64,19 +64,22 @@ def load_exported(path: str, dtype: str = "float32") -> inference.LoadedModel:
 class Segmenter:
     """Segments the objects that sentences refer to in videos; see the module docstring.
 
-    Masks are `logits > threshold` (default `inference.DEFAULT_THRESHOLD`, sigmoid > 0.5), at the frames' size.
+    Masks are `logits > threshold` (default `inference.DEFAULT_THRESHOLD`, sigmoid > 0.5), at the frames' size;
+    `threshold=None` takes the run's `config.eval.threshold` (as the predict and evaluate commands do).
     `devices` (default: every local device) share each chunk of frames (`inference.VideoSegmenter`). The
     predict and evaluate commands, and the evaluation during training, all segment through this class.
     `short_side`: frames first resized to this shortest side (0: off); None takes the run's
     `config.eval.short_side`, so a model trained for the official protocol is run with it.
     """
 
-    def __init__(self, loaded: inference.LoadedModel, *, threshold: float = inference.DEFAULT_THRESHOLD,
+    def __init__(self, loaded: inference.LoadedModel, *, threshold: Optional[float] = inference.DEFAULT_THRESHOLD,
                  chunk_size: int = 8, expression_batch: int = 4, devices=None, short_side: Optional[int] = None):
         self.loaded = loaded
+        evaluation = loaded.config.get("eval", {}) if loaded.config is not None else {}
+        if threshold is None:
+            threshold = evaluation.get("threshold", inference.DEFAULT_THRESHOLD)
         self.threshold = float(threshold)
         if short_side is None:
-            evaluation = loaded.config.get("eval", {}) if loaded.config is not None else {}
             short_side = int(evaluation.get("short_side", 0))
         self.runner = inference.VideoSegmenter(loaded.model, loaded.text_encoder, chunk_size=chunk_size,
                                                expression_batch=expression_batch, devices=devices,

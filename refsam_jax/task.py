@@ -171,6 +171,7 @@ class RefSamTask(loop.Task):
                              f"{config.model.sam.model_type} takes {image_size}-pixel inputs")
         self.tokenizer = TextTokenizer(self.text_path, config.model.text.max_length)
         self.model_config = config.model.to_dict()
+        self.model_config_defaults = default_model_config().to_dict()  # For checkpoints older than a model key.
         self.global_batch_size = config.data.batch_size
         self.frames_per_clip = config.data.num_frames
         self.text_encoder: Optional[TextEncoder] = None  # Loaded after the loop's checks.

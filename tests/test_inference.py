@@ -2,9 +2,12 @@
 reading and model loading errors. Tiny SAM (64 px) and a tiny random BERT text encoder."""
 
 import hashlib
+import io
+import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -335,6 +338,66 @@ def test_checkpoint_location_and_config(tmp_path):
     assert inference.training_config(None, str(tmp_path / "run")).model.text.width == 8
 
 
+def save_trained(directory, model, model_config, step=7):
+    """A training checkpoint (its 'trainable' and 'meta' items, what `load_trained_params` reads) of the
+    Cross-Modal MLP of `model`, moved away from the model's values, saved with `model_config`."""
+    import orbax.checkpoint as ocp
+
+    from refsam_jax import checkpoint as checkpoint_lib
+
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    trainable = nnx.from_flat_state([(path, variable.replace(np.asarray(variable.get_value()) + 1.0))
+                                     for path, variable in params if path[0] == "resizer"])
+    meta = {"model_config": model_config, "trainable_shapes": checkpoint_lib.describe_params(trainable), "step": step}
+    with ocp.CheckpointManager(os.path.abspath(directory), item_handlers={
+            "trainable": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}) as manager:
+        manager.save(step, args=ocp.args.Composite(trainable=ocp.args.StandardSave(trainable),
+                                                   meta=ocp.args.JsonSave(meta)))
+        manager.wait_until_finished()
+    return trainable
+
+
+def test_a_run_saved_before_a_model_key_existed_loads_with_its_default(model, text_encoder, tmp_path, caplog):
+    """A run whose config.json and checkpoint lack a model key added since (here model.dense.scale) loads, the key
+    read as its default; a value that differs from the checkpoint's, or from the default the checkpoint implies,
+    is still an error naming the key."""
+    from refsam_jax import checkpoint as checkpoint_lib
+
+    old = tiny_config().to_dict()
+    del old["dense"]["scale"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"seed": 0, "model": old}))
+    trainable = save_trained(tmp_path / "run" / "checkpoints", model, old)
+    config = inference.training_config(None, str(tmp_path / "run"))
+    assert config.model.dense.scale == 0.0 and config.model.to_dict() == tiny_config().to_dict()
+    loaded = inference.load_model(config, str(tmp_path / "run" / "checkpoints"), text_encoder=text_encoder)
+    assert loaded.step == 7
+    np.testing.assert_array_equal(loaded.model.resizer.layers[0].kernel[...],
+                                  trainable["resizer"]["layers"][0]["kernel"][...])
+    logged = [r.getMessage() for r in caplog.records if "dense.scale" in r.getMessage()]
+    assert len(logged) == 2 and all("reading them as their defaults (dense.scale=0.0)" in m for m in logged), logged
+
+    checkpoints = str(tmp_path / "run" / "checkpoints")
+    defaults = default_model_config().to_dict()
+    now = tiny_config()
+    now.dense.scale = 10.0  # Not the default the old run ran with.
+    with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                       match=r"dense.scale: absent in the checkpoint \(saved before the key existed: its default "
+                             r"0.0\), 10.0 now"):
+        checkpoint_lib.load_trained_params(model, checkpoints, now.to_dict(), model_defaults=defaults)
+    with pytest.raises(checkpoint_lib.CheckpointMismatchError, match=r"dense.scale: absent in the checkpoint, 0.0"):
+        checkpoint_lib.load_trained_params(model, checkpoints, tiny_config().to_dict())  # No defaults: no filling.
+    shared = dict(old, hda=dict(old["hda"], dense_conv="shared"))  # A key the checkpoint has, with another value.
+    save_trained(tmp_path / "shared", model, shared)
+    with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                       match=r"another model config:\n  hda.dense_conv: 'shared' in the checkpoint, 'separate' now$"):
+        checkpoint_lib.load_trained_params(model, str(tmp_path / "shared"), tiny_config().to_dict(),
+                                           model_defaults=defaults)
+    # Resuming training checks the checkpoint's meta the same way.
+    checkpoint_lib.check_meta({"model_config": old, "trainable_shapes": {}}, tiny_config().to_dict(), {}, "resume",
+                              model_defaults=defaults)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The evaluation protocols over built (synthetic) datasets, with a segmenter that knows the ground truth.
 
@@ -441,3 +504,27 @@ def test_ytvos_valid_submission_zip(ytvos, segmenter, tmp_path):
                                    images_root=str(root / "raw" / "valid" / "JPEGImages"), expected_num_videos=None)
     assert report.num_videos == checked.num_videos == 2  # The valid meta lists 2 valid + 1 test videos.
     assert report.num_files == checked.num_files == 3 * report.num_expressions
+
+
+def test_evaluate_thresholds_at_the_runs_eval_threshold_unless_given(ytvos, segmenter, tmp_path):
+    from refsam_jax import evaluate
+    from refsam_jax.task import refsam_config
+
+    root, _ = ytvos
+    config = refsam_config()
+    config.model = tiny_config()
+    config.eval.threshold = 1e9
+    loaded = inference.LoadedModel(segmenter.model, segmenter.text_encoder, config, 0, "test")
+
+    def masks(out):  # Every mask pixel of the submission zip.
+        with zipfile.ZipFile(os.path.join(out, "submission.zip")) as archive:
+            return np.concatenate([np.asarray(Image.open(io.BytesIO(archive.read(name)))).ravel()
+                                   for name in archive.namelist() if name.endswith(".png")])
+
+    kwargs = dict(data_dir=str(root / "tfds"), manual_dir=str(root / "raw"), chunk_size=3, expression_batch=2,
+                  valid_videos=0)
+    default = evaluate.evaluate(loaded, "ytvos_valid", str(tmp_path), str(tmp_path / "default"), **kwargs)
+    assert default["threshold"] == 1e9 and set(np.unique(masks(tmp_path / "default"))) == {0}
+    given = evaluate.evaluate(loaded, "ytvos_valid", str(tmp_path), str(tmp_path / "given"), threshold=-1e9,
+                              **kwargs)
+    assert given["threshold"] == -1e9 and set(np.unique(masks(tmp_path / "given"))) == {255}

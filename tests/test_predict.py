@@ -1,10 +1,12 @@
 """Predict CLI and its pieces: overlays, captions, the GIF/MP4 writer, mask files, errors, an untrained smoke run."""
 
+import dataclasses
 import os
 import subprocess
 import sys
 
 import imageio.v2 as imageio
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -14,6 +16,7 @@ from refsam_jax import inference, predict, visualize
 from refsam_jax.configs.demo import MINILM
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.refsam import build_refsam
+from refsam_jax.segmenter import Segmenter
 from refsam_jax.text import TextEncoder, TextTokenizer, build_text_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,6 +180,18 @@ def test_predict_masks_follow_the_threshold(tmp_path, loaded):
         assert set(np.unique(np.asarray(mask))) == {0}
 
 
+def test_threshold_defaults_to_the_runs_eval_threshold(tmp_path, loaded):
+    write_frames(tmp_path / "video", 2)
+    run = dataclasses.replace(loaded, config=ml_collections.ConfigDict({"eval": {"threshold": -1e9}}))
+    default = predict.predict(str(tmp_path / "video"), ["a circle"], str(tmp_path / "default"), run, chunk_size=2,
+                              overlay=False)
+    assert default["threshold"] == -1e9 and default["foreground"] == [1.0]
+    explicit = predict.predict(str(tmp_path / "video"), ["a circle"], str(tmp_path / "explicit"), run, chunk_size=2,
+                               threshold=1e9, overlay=False)  # An explicit threshold wins.
+    assert explicit["threshold"] == 1e9 and explicit["foreground"] == [0.0]
+    assert Segmenter(loaded, threshold=None).threshold == inference.DEFAULT_THRESHOLD  # A config without eval.
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "refsam_jax.predict", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=600)
@@ -203,5 +218,6 @@ def test_cli_random_init_smoke_run(tmp_path):
                      "--random-init", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "UNTRAINED" in result.stderr and "3 frames in" in result.stdout and "os.fork" not in result.stderr
+    assert "masks: logit > 0 (the run's eval.threshold)" in result.stdout  # No --threshold: the config's.
     assert sorted(os.listdir(tmp_path / "out")) == ["0_a-red-circle", "1_the-square", "overlay.gif", "overlay.mp4"]
     assert sorted(os.listdir(tmp_path / "out" / "1_the-square")) == ["00000.png", "00001.png", "00002.png"]

@@ -6,6 +6,9 @@ word prompts, the track token, and the *fixed* text handling (padded tokens mask
 where the official code is odd has a switch that restores its behaviour (see the comments below).
 """
 
+import copy
+from typing import Any, Dict
+
 import ml_collections
 
 from refsam_jax.sam.config import MODEL_TYPES
@@ -86,6 +89,27 @@ def default_model_config() -> ml_collections.ConfigDict:
     config.tracking.token_mlp = False  # a 256 -> 256 MLP on the track token before the decoder (GUESS)
     config.tracking.qim_previous = True  # QIM(o_t + tau_{t-1}) (official); False: QIM(o_t), no memory in the QIM
     return config
+
+
+def fill_model_defaults(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+    """Adds to `config` (a model config, e.g. a run's saved before a key existed) every key of
+    `default_model_config()` it lacks, with its default value, in place; returns {dotted key: value added}.
+
+    A run saved before a key was added ran with the behaviour that the key's default now selects (new keys
+    default to the old behaviour), so its missing keys are read as their defaults."""
+
+    def fill(node: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict, prefix: str) -> Dict[str, Any]:
+        added = {}
+        for key, default in defaults.items():
+            if key not in node:
+                node[key] = copy.deepcopy(default)
+                added[f"{prefix}{key}"] = default.to_dict() if hasattr(default, "to_dict") else default
+            elif isinstance(default, ml_collections.ConfigDict) and isinstance(node[key], ml_collections.ConfigDict):
+                added.update(fill(node[key], default, f"{prefix}{key}."))
+        return added
+
+    with config.unlocked():
+        return fill(config, default_model_config(), "")
 
 
 def _get(config: ml_collections.ConfigDict, key: str):

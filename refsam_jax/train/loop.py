@@ -39,6 +39,8 @@ class Task(abc.ABC):
       model_config: JSON-able description of the architecture, stored in checkpoints and compared on resume.
       global_batch_size: clips per step over all hosts.
       frames_per_clip: for the frames/s figure.
+      model_config_defaults: optional; each key's default, for the keys a checkpoint's `model_config` lacks
+        because it was saved before they existed (`checkpoint.check_model_config`).
 
     The loop calls `build_model` (first under `nnx.eval_shape` for the checks), `load_pretrained`,
     `load_other_frozen`, `train_iterator`, then per step `prepare_batch` on the host and `loss_fn` inside
@@ -48,6 +50,7 @@ class Task(abc.ABC):
     model_config: Mapping[str, Any]
     global_batch_size: int
     frames_per_clip: int = 1
+    model_config_defaults: Optional[Mapping[str, Any]] = None
 
     @abc.abstractmethod
     def build_model(self) -> nnx.Module:
@@ -240,7 +243,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if resume_step is not None:
         checkpoint_lib.check_meta(saved_meta, task.model_config, trainable_shapes,
                                   source=f"checkpoint {checkpointer.directory}/{resume_step}",
-                                  optimizer=optimizer_structure)
+                                  optimizer=optimizer_structure, model_defaults=task.model_config_defaults)
     meta = {"model_config": task.model_config, "trainable_shapes": trainable_shapes, "optimizer": optimizer_structure,
             "processes": jax.process_count()}
     if jax.process_index() == 0:  # After the checks, so a rejected run leaves the workdir's config as it was.
@@ -253,7 +256,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     model = task.build_model()
     task.load_pretrained(model)
     if config.init.checkpoint_dir:
-        init_step = checkpoint_lib.load_trained_params(model, config.init.checkpoint_dir, task.model_config)
+        init_step = checkpoint_lib.load_trained_params(model, config.init.checkpoint_dir, task.model_config,
+                                                       model_defaults=task.model_config_defaults)
         logging.info("initialised the model from %s (step %d)", config.init.checkpoint_dir, init_step)
     split = optimizer_lib.split_trainable(model, config.trainable)
     split = dataclasses.replace(split, trainable=step_lib.strong_types(split.trainable),
