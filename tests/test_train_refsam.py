@@ -99,6 +99,28 @@ def test_text_feature_cache_encodes_each_sentence_once():
     assert len(cache) == 2
 
 
+def test_several_sentences_per_clip_train_as_one_sentence_each(tmp_path):
+    """K=2 sentences per clip: the loss is the mean of the valid sentences' losses, each on its own copy of the
+    clip (text encoder inside the step); and a run trains end to end (with the text cache)."""
+    config = small_demo_config(**{"data.expressions_per_clip": 2})
+    task = task_lib.RefSamTask(config, str(tmp_path / "run"))
+    text = task.load_other_frozen()["text"]
+    batch = next(task.train_iterator(0, 1))
+    assert batch["masks"].shape[:2] == (2, 2)
+    batch["expression_valid"][1, 1] = False  # as a video with one sentence pads
+    model = task.build_model()
+    loss, _ = task.loss_fn(model, task.prepare_batch(batch), text)
+    clip, sentence = np.nonzero(batch["expression_valid"])
+    single = {"frames": batch["frames"][clip], "image_size": batch["image_size"][clip],
+              **{key: batch[key][clip, sentence] for key in ("masks", "input_ids", "text_mask", "text_truncated")}}
+    expected, _ = task.loss_fn(model, task.prepare_batch(single), text)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+
+    cached = small_demo_config(**{"data.expressions_per_clip": 2, "text_cache": True})
+    summary = task_lib.train_and_evaluate(cached, str(tmp_path / "cached"))
+    assert sorted(summary.losses) == [1, 2] and all(np.isfinite(list(summary.losses.values())))
+
+
 def _train_cli(workdir, *overrides):
     command = [sys.executable, os.path.join(ROOT, "train.py"), f"--config={DEMO}", f"--workdir={workdir}", *overrides]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
