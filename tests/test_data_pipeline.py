@@ -253,6 +253,8 @@ def test_several_sentences_per_clip(data_dir, tokenizer):
                 _, expected, _ = augment.resize_clip(frames, target, SIZE)
                 np.testing.assert_array_equal(batch["masks"][b, k, :, :h, :w], expected.astype(np.float32))
     assert padded > 0  # single-object records were padded
+    with pytest.raises(ValueError, match="data.expressions_per_clip must be in 1..8, got 9"):
+        pipeline.make_train_loader(_config(data_dir, expressions_per_clip=9), tokenizer, seed=0)
 
 
 def test_same_seed_same_batches_and_resume(data_dir, tokenizer):

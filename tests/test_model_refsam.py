@@ -167,7 +167,8 @@ def test_several_sentences_per_clip_equal_one_call_each():
     model = make_model()
     frames, text, mask = inputs()
     other_text, other_mask = text[::-1] + 0.5, mask[::-1]
-    per_clip, (token, has_token) = run(model, frames, jnp.stack([text, other_text], 1), jnp.stack([mask, other_mask], 1))
+    per_clip, (token, has_token) = run(model, frames, jnp.stack([text, other_text], 1),
+                                       jnp.stack([mask, other_mask], 1))
     assert per_clip.shape == (2, 2, NUM_FRAMES, 32, 32) and token.shape == (4, 32) and has_token.shape == (4,)
     for k, (sentence, sentence_mask) in enumerate([(text, mask), (other_text, other_mask)]):
         alone, (alone_token, _) = run(model, frames, sentence, sentence_mask)

@@ -231,17 +231,11 @@ class ClipTransform(grain.transforms.RandomMap):
         except Exception as e:
             raise RuntimeError(f"input pipeline failed on {where} ({decode_text(video)}): {e}") from e
 
-    def _expressions_per_clip(self) -> int:
-        count = int(self._data.expressions_per_clip)
-        if not 1 <= count <= MAX_EXPRESSIONS_PER_CLIP:
-            raise ValueError(f"data.expressions_per_clip must be in 1..{MAX_EXPRESSIONS_PER_CLIP}, got {count}")
-        return count
-
     def _choose(self, rng: np.random.Generator, objects: Sequence[int]) -> Tuple[List[int], np.ndarray]:
         """K positions into `objects` (the object of each candidate sentence) and whether each is valid: one
         uniformly, then the others in random order, those of objects not chosen yet first; the first again
         (invalid) when there are fewer than K."""
-        count = self._expressions_per_clip()
+        count = int(self._data.expressions_per_clip)
         first = int(rng.integers(len(objects)))
         chosen = [first]
         if count > 1:
@@ -314,7 +308,6 @@ class ClipTransform(grain.transforms.RandomMap):
             raise ValueError(f"tokenizer returned shapes {input_ids.shape}, {text_mask.shape}; expected "
                              f"({len(sentences)}, {length}) each")
         padded_masks = np.zeros([len(expressions), len(frames), size, size], dtype=np.float32)
-        shifts = np.arange(len(expressions), dtype=np.uint8)[:, None, None, None]
         padded_masks[:, :, :h, :w] = (bits[None] >> shifts) & 1
         example = {
             "frames": normalize_and_pad(frames, size, aug.colour_ops if aug is not None else None),
@@ -422,5 +415,8 @@ def make_train_loader(
     marks the sentences it cut).
     """
     data = _data_config(config)
+    if not 1 <= int(data.expressions_per_clip) <= MAX_EXPRESSIONS_PER_CLIP:
+        raise ValueError(f"data.expressions_per_clip must be in 1..{MAX_EXPRESSIONS_PER_CLIP}, got "
+                         f"{data.expressions_per_clip}")
     return make_loader(data, lambda source: ClipTransform(data, tokenizer, source.names, source.kinds), seed=seed,
                        shard_index=shard_index, shard_count=shard_count, start_batch=start_batch)
