@@ -63,6 +63,13 @@ def _flatten_config(config: Mapping[str, Any], prefix: str = "") -> Dict[str, An
     return flat
 
 
+def warn_filled_defaults(source: str, filled: Mapping[str, Any]) -> None:
+    """Logs the model config keys (dotted, with the default each was read as) that `source` was saved without."""
+    logging.warning("%s was saved before the model config keys %s existed; reading them as their defaults (%s)",
+                    source, ", ".join(sorted(filled)),
+                    ", ".join(f"{key}={value!r}" for key, value in sorted(filled.items())))
+
+
 def check_model_config(saved: Mapping[str, Any], model_config: Mapping[str, Any], source: str,
                        defaults: Optional[Mapping[str, Any]] = None) -> None:
     """Raises CheckpointMismatchError naming every key where the model config saved in the checkpoint at
@@ -75,9 +82,7 @@ def check_model_config(saved: Mapping[str, Any], model_config: Mapping[str, Any]
         flat_defaults = _flatten_config(json.loads(json.dumps(defaults)))
         filled = {key: flat_defaults[key] for key in expected if key not in found and key in flat_defaults}
     if filled:
-        logging.warning("%s was saved before the model config keys %s existed; reading them as their defaults (%s)",
-                        source, ", ".join(sorted(filled)),
-                        ", ".join(f"{key}={value!r}" for key, value in sorted(filled.items())))
+        warn_filled_defaults(source, filled)
         found.update(filled)
     if found != expected:
         raise CheckpointMismatchError(f"{source} was saved for another model config:\n"

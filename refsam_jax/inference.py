@@ -42,12 +42,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 from PIL import Image
 
 from refsam_jax import paths
-from refsam_jax.checkpoint import load_trained_params
+from refsam_jax.checkpoint import load_trained_params, warn_filled_defaults
 from refsam_jax.model.config import default_model_config, fill_model_defaults
 from refsam_jax.model.refsam import RefSAM, build_refsam, encode_text
 from refsam_jax.sam.transforms import (
@@ -444,9 +443,7 @@ def with_model_defaults(config: ml_collections.ConfigDict, source: str) -> ml_co
     if config.get("task", "refsam") == "refsam" and isinstance(config.get("model"), ml_collections.ConfigDict):
         added = fill_model_defaults(config.model)
         if added:
-            logging.warning("%s was saved before the model config keys %s existed; reading them as their defaults "
-                            "(%s)", source, ", ".join(sorted(added)),
-                            ", ".join(f"{key}={value!r}" for key, value in sorted(added.items())))
+            warn_filled_defaults(source, added)
     return config
 
 
