@@ -21,7 +21,6 @@ A rerun with the same workdir resumes (or skips) each stage.
 import csv
 import importlib.resources
 import json
-import math
 import os
 import shutil
 import time
@@ -45,17 +44,6 @@ _YTVOS_ROOT = flags.DEFINE_string("ytvos_root", None, "A Ref-YouTube-VOS-format 
 EXPRESSION_BATCH = 4  # One decoder program serves the evaluations and the overlay.
 DISPLAY_LONG_SIDE = 512  # The overlay and strips are drawn at least this large.
 SAM_STAGE = "sam_stage"  # <workdir>/sam_stage: stage 1's run
-
-
-def one_device_per_core() -> None:
-    """Before JAX starts: makes the CPU platform one XLA device per core (a power of 2, at most 8, so that it
-    divides the batch), unless XLA_FLAGS sets a count already. Training and evaluation then run data-parallel
-    over the cores (training 1.55x faster on 2 cores than one device with intra-op threads); GPUs and TPUs are
-    unaffected."""
-    flags_now = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags_now:
-        cores = 2 ** int(math.log2(min(len(os.sched_getaffinity(0)), 8)))
-        os.environ["XLA_FLAGS"] = f"{flags_now} --xla_force_host_platform_device_count={cores}".strip()
 
 
 def locate_data(config, sam_config, workdir: str, ytvos_root) -> None:
@@ -139,7 +127,6 @@ def run_demo(config, sam_config, workdir: str, ytvos_root=None) -> dict:
 
 def main(argv):
     del argv  # cli.run rejects extra arguments.
-    one_device_per_core()
     outcome = run_demo(_CONFIG.value, _SAM_CONFIG.value, os.path.abspath(_WORKDIR.value), _YTVOS_ROOT.value)
     results = outcome["results"]
     trained = results["trained"]

@@ -12,7 +12,7 @@ from refsam_jax.configs.demo import MINILM
 from refsam_jax.model.adapters import AdapterOptions, adapted_image_encoder
 from refsam_jax.model.config import default_model_config
 from refsam_jax.model.groups import GROUP_NAMES, param_groups
-from refsam_jax.model.refsam import build_refsam, encode_text, text_padding_mask
+from refsam_jax.model.refsam import UNROLL_FRAMES, build_refsam, encode_text, text_padding_mask
 from refsam_jax.sam.build import SamCheckpointError, build_sam, save_sam
 from refsam_jax.sam.config import tiny_config
 from refsam_jax.text import TextEncoder, TextTokenizer, build_text_encoder
@@ -51,11 +51,11 @@ def _cached_model(overrides):
     return build_refsam(tiny_model_config(overrides), sam=nnx.clone(tiny_sam()), seed=0)
 
 
-def inputs(batch=2, seed=0):
+def inputs(batch=2, seed=0, num_frames=NUM_FRAMES):
     """Frames [B, T, 64, 64, 3], text features [B, L, 32] and a mask with 2 / 0 padded tokens."""
     rng = np.random.default_rng(seed)
     size = tiny_config().img_size
-    frames = jnp.asarray(rng.normal(size=(batch, NUM_FRAMES, size, size, 3)), jnp.float32)
+    frames = jnp.asarray(rng.normal(size=(batch, num_frames, size, size, 3)), jnp.float32)
     text = jnp.asarray(rng.normal(size=(batch, TEXT_LENGTH, TEXT_WIDTH)), jnp.float32)
     mask = jnp.asarray(np.arange(TEXT_LENGTH)[None] < np.array([[TEXT_LENGTH - 2], [TEXT_LENGTH]])[:batch])
     return frames, text, mask
@@ -177,9 +177,11 @@ def test_several_sentences_per_clip_equal_one_call_each():
     assert np.abs(np.asarray(per_clip[:, 0] - per_clip[:, 1])).max() > 1e-4  # the sentences matter
 
 
-def test_scan_equals_frame_loop_and_chunks():
+@pytest.mark.parametrize("num_frames", [NUM_FRAMES, UNROLL_FRAMES + 3])
+def test_scan_equals_frame_loop_and_chunks(num_frames):
+    """Also for a clip longer than the scan's unrolling (UNROLL_FRAMES), which leaves a remainder."""
     model = make_model()
-    frames, text, mask = inputs()
+    frames, text, mask = inputs(num_frames=num_frames)
     logits, (token, has_token) = run(model, frames, text, mask)
     graphdef, params = nnx.split(model)
 
@@ -193,7 +195,7 @@ def test_scan_equals_frame_loop_and_chunks():
             return x.reshape(*frames.shape[:2], *x.shape[1:])[:, t]
 
         state, outputs = model.initial_track_state(2), []
-        for t in range(NUM_FRAMES):
+        for t in range(num_frames):
             frame_logits, state = model.decode_frame(frame(embedding, t), [frame(x, t) for x in interm], words,
                                                      sentence, mask, state)
             outputs.append(frame_logits)
@@ -206,7 +208,7 @@ def test_scan_equals_frame_loop_and_chunks():
     np.testing.assert_allclose(state[0], token, atol=1e-5, rtol=0)
     assert bool(has_token.all()) and bool(state[1].all())
     # Continuing from a carried state: two chunks equal one call.
-    half = NUM_FRAMES // 2
+    half = num_frames // 2
     first, carry = run(model, frames[:, :half], text, mask)
     second, final = run(model, frames[:, half:], text, mask, carry)
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), logits, atol=1e-5, rtol=0)
