@@ -61,11 +61,14 @@ def test_get_rel_pos_matches_torch(q_size, k_size, length):
     _assert_close(get_rel_pos(q_size, k_size, jnp.asarray(rel_pos)), expected, 1e-5)
 
 
+@pytest.mark.parametrize("loop", [True, False], ids=["cpu_loops", "batched"])
 @pytest.mark.parametrize("window_size,query_chunk_tokens", [(3, 128), (0, 128), (0, 7)])
-def test_block_on_non_square_grid_matches_torch(window_size, query_chunk_tokens, monkeypatch):
+def test_block_on_non_square_grid_matches_torch(window_size, query_chunk_tokens, loop, monkeypatch):
     """A 5x7 grid with window 3 is padded to 6x9 (each axis separately); window 0 is global attention,
-    in one pass or (7 query tokens per chunk) as a loop over query rows."""
+    in one pass or (7 query tokens per chunk) as a loop over query rows. Windows and heads are looped over
+    as on CPU, or batched as on GPU and TPU."""
     monkeypatch.setattr(image_encoder, "QUERY_CHUNK_TOKENS", query_chunk_tokens)
+    monkeypatch.setattr(image_encoder, "_loop_on_this_backend", lambda: loop)
     torch.manual_seed(0)
     reference = torch_image_encoder.Block(
         48, 3, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,

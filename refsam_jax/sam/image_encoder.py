@@ -132,21 +132,25 @@ class Attention(nnx.Module):
     def _attention(self, qkv: jax.Array) -> jax.Array:
         """Attention from the projections `[B, H, W, 3C]` -> `[B, H, W, C]` (heads concatenated).
 
-        Global attention (more than 2 * QUERY_CHUNK_TOKENS tokens) loops over chunks of query rows, so the
-        `[queries, keys]` logits never fill memory. On CPU each step is further kept to one window or one
-        head, so that its logits (vit_b: 14^2 x 14^2 x 12 heads, or 128 x 64^2) stay in the L2 cache."""
+        Each of the B grids (a window, or the whole image) is attended on its own, from splitting its heads
+        to merging them. On CPU the grids are a loop (`lax.map`), so that a window's work stays in cache, and
+        global attention further loops over heads. Global attention (more than 2 * QUERY_CHUNK_TOKENS tokens)
+        then loops over chunks of query rows, so the `[queries, keys]` logits never fill memory (vit_b on CPU:
+        128 x 64^2, in the L2 cache)."""
         b, h, w, c3 = qkv.shape
         n = self.num_heads
-        q, k, v = qkv.reshape(b, h * w, 3, n, c3 // (3 * n)).transpose(2, 0, 3, 1, 4)  # [B, heads, H*W, d]
-        grid_q = q.reshape(b, n, h, w, -1)
-        # The relative terms use the unscaled query, as SAM does.
-        rel_h = jnp.einsum("bnyxd,ykd->bnyxk", grid_q, get_rel_pos(h, h, self.rel_pos_h[...]))
-        rel_w = jnp.einsum("bnyxd,xkd->bnyxk", grid_q, get_rel_pos(w, w, self.rel_pos_w[...]))
+        d = c3 // (3 * n)
+        rel_pos_h = get_rel_pos(h, h, self.rel_pos_h[...])
+        rel_pos_w = get_rel_pos(w, w, self.rel_pos_w[...])
         rows = max(1, QUERY_CHUNK_TOKENS // w)
         chunked = h * w > 2 * QUERY_CHUNK_TOKENS and h % rows == 0
+        loop = _loop_on_this_backend()
 
-        def attend(q, k, v, rel_h, rel_w):
+        def attend(q, k, v):
             """Over any leading dims `...`: q `[..., H, W, d]`, k and v `[..., H*W, d]` -> `[..., H, W, d]`."""
+            # The relative terms use the unscaled query, as SAM does.
+            rel_h = jnp.einsum("...yxd,ykd->...yxk", q, rel_pos_h)
+            rel_w = jnp.einsum("...yxd,xkd->...yxk", q, rel_pos_w)
             if not chunked:
                 return _attend(q, k, v, rel_h, rel_w, self.scale, self.dtype)
             # A loop over query rows (vit_b: 32 chunks of 2 rows).
@@ -155,13 +159,19 @@ class Attention(nnx.Module):
             out = jax.lax.map(lambda t: _attend(t[0], k, v, t[1], t[2], self.scale, self.dtype), chunks)
             return jnp.moveaxis(out, 0, -4).reshape(*lead, h, w, -1)
 
-        if jax.default_backend() == "cpu":  # One window (all heads), or one head of global attention, a step.
-            units = (b * n, 1) if chunked else (b, n)
-            out = jax.lax.map(lambda t: attend(*t),
-                              [a.reshape(*units, *a.shape[2:]) for a in (grid_q, k, v, rel_h, rel_w)])
-        else:
-            out = attend(grid_q, k, v, rel_h, rel_w)
-        return out.reshape(b, n, h, w, -1).transpose(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+        def attend_grid(x):
+            """One grid's projections `[H, W, 3C]` -> `[H, W, C]`."""
+            q, k, v = x.reshape(h * w, 3, n, d).transpose(1, 2, 0, 3)  # [heads, H*W, d]
+            q = q.reshape(n, h, w, d)
+            out = jax.lax.map(lambda t: attend(*t), (q, k, v)) if loop and chunked else attend(q, k, v)
+            return out.transpose(1, 2, 0, 3).reshape(h, w, n * d)
+
+        return jax.lax.map(attend_grid, qkv) if loop else jax.vmap(attend_grid)(qkv)
+
+
+def _loop_on_this_backend() -> bool:
+    """Whether attention loops over windows and heads (CPU) instead of batching them (GPU, TPU)."""
+    return jax.default_backend() == "cpu"
 
 
 class Block(nnx.Module):
