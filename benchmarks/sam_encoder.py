@@ -4,13 +4,16 @@ machine in this run.
 
     python benchmarks/sam_encoder.py [--model-type vit_b] [--repeats 5] [--threads N] [--dtype bfloat16]
 
-Prints both medians (wall and process CPU time), the ratios ours / torch and our compile time.
+The two run alternately, a round each repeat, so that both see the same state of a shared machine.
+Prints both medians (wall and process CPU time), the ratio ours / torch of each round (median and range)
+and our compile time.
 """
 
 import argparse
 import os
 import statistics
 import time
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +36,8 @@ def _timed(fn, repeats: int):
     return times
 
 
-def bench_ours(config: SamConfig, image: np.ndarray, repeats: int, dtype):
-    """(compile seconds, run seconds per repeat) of our encoder under jax.jit, matmuls in `dtype`."""
+def ours_runner(config: SamConfig, image: np.ndarray, dtype) -> Tuple[float, Callable[[], None]]:
+    """(compile seconds, one warm run) of our encoder under jax.jit, matmuls in `dtype`."""
     graphdef, state = nnx.split(ImageEncoderViT(config, nnx.Rngs(0), dtype=dtype))
 
     @jax.jit
@@ -47,13 +50,13 @@ def bench_ours(config: SamConfig, image: np.ndarray, repeats: int, dtype):
     compiled = encode.lower(state, x).compile()
     compile_s = time.perf_counter() - start
     compiled(state, x).block_until_ready()  # warm-up
-    return compile_s, _timed(lambda: compiled(state, x).block_until_ready(), repeats)
+    return compile_s, lambda: compiled(state, x).block_until_ready()
 
 
-def bench_torch(config: SamConfig, image: np.ndarray, repeats: int, device: str = "cpu", dtype: str = "float32"):
-    """Run seconds per repeat of segment_anything's encoder on `device` ("cpu" or "cuda"), after one warm-up
-    run: float32, or under torch.autocast to bfloat16. torch is imported here, so that this module imports
-    without it."""
+def torch_runner(config: SamConfig, image: np.ndarray, device: str = "cpu",
+                 dtype: str = "float32") -> Callable[[], None]:
+    """One warm run of segment_anything's encoder on `device` ("cpu" or "cuda"): float32, or under
+    torch.autocast to bfloat16. torch is imported here, so that this module imports without it."""
     import torch
 
     torch.manual_seed(0)
@@ -62,13 +65,24 @@ def bench_torch(config: SamConfig, image: np.ndarray, repeats: int, device: str 
     x = torch.from_numpy(image.transpose(0, 3, 1, 2).copy()).to(device)
 
     def run():
-        encoder(x)
+        with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16"):
+            encoder(x)
         if device == "cuda":
             torch.cuda.synchronize()
 
-    with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16"):
-        run()  # warm-up
-        return _timed(run, repeats)
+    run()  # warm-up
+    return run
+
+
+def bench_ours(config: SamConfig, image: np.ndarray, repeats: int, dtype):
+    """(compile seconds, [(wall, CPU seconds)] per repeat) of our encoder."""
+    compile_s, run = ours_runner(config, image, dtype)
+    return compile_s, _timed(run, repeats)
+
+
+def bench_torch(config: SamConfig, image: np.ndarray, repeats: int, device: str = "cpu", dtype: str = "float32"):
+    """[(wall, CPU seconds)] per repeat of segment_anything's encoder."""
+    return _timed(torch_runner(config, image, device, dtype), repeats)
 
 
 def main(argv=None) -> None:
@@ -91,16 +105,21 @@ def main(argv=None) -> None:
           f"{args.repeats} repeats, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads")
-    compile_s, ours = bench_ours(config, image, args.repeats, jnp.dtype(args.dtype))
-    theirs = bench_torch(config, image, args.repeats)
-    medians = {}
+    compile_s, run_ours = ours_runner(config, image, jnp.dtype(args.dtype))
+    run_torch = torch_runner(config, image)
+    # Alternated, so that both see the same state of a shared machine; the ratio is taken per round.
+    ours, theirs = [], []
+    for _ in range(args.repeats):
+        ours += _timed(run_ours, 1)
+        theirs += _timed(run_torch, 1)
     for name, runs in (("ours  (jax.jit)", ours), ("torch (eager)  ", theirs)):
         wall, cpu = statistics.median(t for t, _ in runs), statistics.median(c for _, c in runs)
-        medians[name] = wall, cpu
         print(f"{name}: median {wall:.3f} s wall, {cpu:.3f} s CPU  (wall per run: "
               f"{', '.join(f'{t:.3f}' for t, _ in runs)})")
-    (ours_wall, ours_cpu), (torch_wall, torch_cpu) = medians.values()
-    print(f"ratio ours / torch: {ours_wall / torch_wall:.2f} wall, {ours_cpu / torch_cpu:.2f} CPU time")
+    wall_ratios = [a[0] / b[0] for a, b in zip(ours, theirs)]
+    cpu_ratios = [a[1] / b[1] for a, b in zip(ours, theirs)]
+    print(f"ratio ours / torch (median over rounds): {statistics.median(wall_ratios):.2f} wall "
+          f"(rounds {min(wall_ratios):.2f}-{max(wall_ratios):.2f}), {statistics.median(cpu_ratios):.2f} CPU time")
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"our compile time: {compile_s:.1f} s")
 
